@@ -1,0 +1,92 @@
+// Per-element DARE math, written once for CPU and CUDA so both agree bit for bit.
+// No fast-math: every operation is one IEEE op with round-to-nearest; on the device the
+// explicit __f*_rn intrinsics keep nvcc from contracting a*b+c into an FMA.
+#pragma once
+
+#include <cstdint>
+
+#include "macros.h"
+
+namespace darex {
+
+// Drop threshold T(p) = min(floor(p * 2^32), 2^32 - 1), computed in float64.
+// Element i is kept iff u_i >= T(p); p = 0 keeps everything. Callers validate 0 <= p < 1.
+DAREX_HD_INLINE uint32_t drop_threshold(double p) {
+  const double scaled = p * 4294967296.0;  // exact: a power-of-two scale
+  if (!(scaled > 0.0)) return 0u;           // p <= 0 (and NaN, rejected earlier) keeps all
+  if (scaled >= 4294967295.0) return 0xFFFFFFFFu;
+  return static_cast<uint32_t>(scaled);     // truncation == floor for positive values
+}
+
+DAREX_HD_INLINE bool is_kept(uint32_t u, uint32_t threshold) { return u >= threshold; }
+
+// Arithmetic in the accumulation type (float for fp32/fp16/bf16, double for fp64).
+DAREX_HD_INLINE float acc_mul(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+DAREX_HD_INLINE double acc_mul(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+DAREX_HD_INLINE float acc_add(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+DAREX_HD_INLINE double acc_add(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+DAREX_HD_INLINE float acc_sub(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+DAREX_HD_INLINE double acc_sub(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+
+// 1/q in the accumulation type: q is first rounded to acc_t, then one correctly rounded
+// division. The Python reference computes exactly this.
+template <typename acc_t>
+DAREX_HD_INLINE acc_t inverse_q(acc_t q) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(acc_t) == 4) return __fdiv_rn(1.0f, q);
+  else return __ddiv_rn(1.0, q);
+#else
+  return acc_t(1) / q;
+#endif
+}
+
+// prune: kept -> x * (1/q), dropped -> exactly 0.
+template <typename acc_t>
+DAREX_HD_INLINE acc_t prune_value(acc_t x, acc_t inv_q, bool kept) {
+  return kept ? acc_mul(x, inv_q) : acc_t(0);
+}
+
+// dare: base + prune(finetuned - base); dropped -> base (exact), one rounding to the
+// storage type happens in the caller.
+template <typename acc_t>
+DAREX_HD_INLINE acc_t dare_value(acc_t finetuned, acc_t base, acc_t inv_q, bool kept) {
+  return kept ? acc_add(base, acc_mul(acc_sub(finetuned, base), inv_q)) : base;
+}
+
+}  // namespace darex

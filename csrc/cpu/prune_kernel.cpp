@@ -1,0 +1,238 @@
+// CPU kernels of the seeded DARE ops: words come from philox_fill (vectorized) into a small
+// L1-resident buffer, then one tight loop per op applies the mask. Work is split over threads
+// by element range; every word depends only on (seed, index), so the split never shows.
+// GCC 12's AVX-512 intrinsic headers trip -Wuninitialized on their own `__Y` temporaries
+// (GCC bug 105593, fixed in 12.3); the warning is about the header, not this code.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../common/dare_math.h"
+#include "../ops/prune_args.h"
+#include "philox_fill.h"
+
+namespace darex::cpu {
+
+// The element loops, compiled once per instruction set (see prune_spans.inc).
+namespace spans_base {
+#include "prune_spans.inc"
+}  // namespace spans_base
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DAREX_X86_SPANS 1
+namespace spans_avx2 {
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#include "prune_spans.inc"
+#pragma GCC pop_options
+}  // namespace spans_avx2
+namespace spans_avx512 {
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
+#include "prune_spans.inc"
+#pragma GCC pop_options
+}  // namespace spans_avx512
+#define DAREX_SPAN(FN, ...)                                                 \
+  do {                                                                      \
+    switch (active_isa()) {                                                 \
+      case Isa::kAvx512: spans_avx512::FN(__VA_ARGS__); break;              \
+      case Isa::kAvx2: spans_avx2::FN(__VA_ARGS__); break;                  \
+      default: spans_base::FN(__VA_ARGS__);                                 \
+    }                                                                       \
+  } while (0)
+#else
+#define DAREX_SPAN(FN, ...) spans_base::FN(__VA_ARGS__)
+#endif
+
+namespace {
+
+constexpr int64_t kWords = 2048;       // words per buffer fill (8 KiB, stays in L1)
+constexpr int64_t kGrain = 1 << 16;    // elements per parallel task, at least
+
+// Calls f(chunk_start, count, words) over [0, n) in parallel, kWords at a time.
+template <typename F>
+void for_each_word_chunk(uint64_t seed, uint64_t offset, int64_t n, const F& f) {
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    alignas(64) uint32_t words[kWords];
+    for (int64_t s = begin; s < end; s += kWords) {
+      const int64_t count = std::min(kWords, end - s);
+      philox_fill(seed, offset + static_cast<uint64_t>(s), count, words);
+      f(s, count, words);
+    }
+  });
+}
+
+// Splits [start, start + count) at row boundaries: f(row, local_begin, length).
+template <typename F>
+inline void for_each_row_piece(int64_t start, int64_t count, int64_t row_len, const F& f) {
+  int64_t j = 0;
+  while (j < count) {
+    const int64_t row = (start + j) / row_len;
+    const int64_t stop = std::min(count, (row + 1) * row_len - start);
+    f(row, j, stop - j);
+    j = stop;
+  }
+}
+
+// Runs `span(local_begin, length, inv)` for each piece with a constant 1/q.
+template <typename acc_t, typename F>
+inline void with_inverse_q(int64_t s, int64_t count, int64_t row_len, const acc_t* q_rows,
+                           acc_t inv_scalar, const F& span) {
+  if (q_rows == nullptr) {
+    span(0, count, inv_scalar);
+    return;
+  }
+  for_each_row_piece(s, count, row_len, [&](int64_t row, int64_t j, int64_t len) {
+    span(j, len, inverse_q<acc_t>(q_rows[row]));
+  });
+}
+
+void prune_cpu(at::Tensor& delta, double p, int64_t seed, int64_t offset,
+               const std::optional<at::Tensor>& q_rows, double q) {
+  TORCH_CHECK(delta.device().is_cpu(), "delta must be a CPU tensor");
+  check_values_tensor(delta, "delta");
+  check_p(p);
+  check_offset(offset);
+  const int64_t row_len = check_q(delta, q_rows, q);
+  const int64_t n = delta.numel();
+  if (n == 0) return;
+  at::Tensor work = delta.is_contiguous() ? delta : delta.contiguous();
+  const uint32_t thr = drop_threshold(p);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_prune_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    scalar_t* x = work.data_ptr<scalar_t>();
+    const acc_t* qr = q_rows ? q_rows->data_ptr<acc_t>() : nullptr;
+    const acc_t inv = inverse_q<acc_t>(static_cast<acc_t>(q));
+    for_each_word_chunk(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
+                        [&](int64_t s, int64_t count, const uint32_t* u) {
+                          with_inverse_q<acc_t>(s, count, row_len, qr, inv,
+                                                [&](int64_t j, int64_t len, acc_t iv) {
+                                                  DAREX_SPAN(prune_span, x + s + j, u + j, len, thr, iv);
+                                                });
+                        });
+  });
+  if (!work.is_same(delta)) delta.copy_(work);
+}
+
+void dare_out_cpu(const at::Tensor& finetuned, const at::Tensor& base, double p, int64_t seed,
+                  int64_t offset, const std::optional<at::Tensor>& q_rows, double q,
+                  at::Tensor& out) {
+  TORCH_CHECK(finetuned.device().is_cpu(), "finetuned must be a CPU tensor");
+  check_values_tensor(finetuned, "finetuned");
+  check_same(finetuned, "finetuned", base, "base");
+  check_same(finetuned, "finetuned", out, "out");
+  check_p(p);
+  check_offset(offset);
+  const int64_t row_len = check_q(finetuned, q_rows, q);
+  const int64_t n = finetuned.numel();
+  if (n == 0) return;
+  const at::Tensor ft = finetuned.contiguous();
+  const at::Tensor bs = base.contiguous();
+  at::Tensor dst = out.is_contiguous() ? out : at::empty(out.sizes(), out.options());
+  const uint32_t thr = drop_threshold(p);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ft.scalar_type(), "darex_dare_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const scalar_t* f = ft.data_ptr<scalar_t>();
+    const scalar_t* b = bs.data_ptr<scalar_t>();
+    scalar_t* o = dst.data_ptr<scalar_t>();
+    const acc_t* qr = q_rows ? q_rows->data_ptr<acc_t>() : nullptr;
+    const acc_t inv = inverse_q<acc_t>(static_cast<acc_t>(q));
+    for_each_word_chunk(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
+                        [&](int64_t s, int64_t count, const uint32_t* u) {
+                          with_inverse_q<acc_t>(s, count, row_len, qr, inv,
+                                                [&](int64_t j, int64_t len, acc_t iv) {
+                                                  DAREX_SPAN(dare_span, f + s + j, b + s + j, o + s + j,
+                                                             u + j, len, thr, iv);
+                                                });
+                        });
+  });
+  if (!dst.is_same(out)) out.copy_(dst);
+}
+
+at::Tensor dare_cpu(const at::Tensor& finetuned, const at::Tensor& base, double p, int64_t seed,
+                    int64_t offset, const std::optional<at::Tensor>& q_rows, double q) {
+  at::Tensor out = at::empty(finetuned.sizes(), finetuned.options());
+  dare_out_cpu(finetuned, base, p, seed, offset, q_rows, q, out);
+  return out;
+}
+
+at::Tensor keep_mask_cpu(const at::Tensor& like, double p, int64_t seed, int64_t offset) {
+  check_p(p);
+  check_offset(offset);
+  at::Tensor mask = at::empty(like.sizes(), like.options().dtype(at::kBool));
+  const int64_t n = mask.numel();
+  if (n == 0) return mask;
+  const uint32_t thr = drop_threshold(p);
+  bool* m = mask.data_ptr<bool>();
+  for_each_word_chunk(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
+                      [&](int64_t s, int64_t count, const uint32_t* u) {
+                        DAREX_SPAN(mask_span, m + s, u, count, thr);
+                      });
+  return mask;
+}
+
+// Per-block partial sums reduced in a fixed order, so the result is independent of threads.
+at::Tensor kept_abs_sum_cpu(const at::Tensor& delta, double p, int64_t seed, int64_t offset) {
+  TORCH_CHECK(delta.device().is_cpu(), "delta must be a CPU tensor");
+  check_values_tensor(delta, "delta");
+  check_p(p);
+  check_offset(offset);
+  at::Tensor result = at::zeros({2}, delta.options().dtype(at::kDouble));
+  const int64_t n = delta.numel();
+  if (n == 0) return result;
+  const at::Tensor x = delta.contiguous();
+  const uint32_t thr = drop_threshold(p);
+  const int64_t blocks = (n + kWords - 1) / kWords;
+  std::vector<double> kept(static_cast<size_t>(blocks)), total(static_cast<size_t>(blocks));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_kept_abs_sum_cpu", [&] {
+    const scalar_t* v = x.data_ptr<scalar_t>();
+    at::parallel_for(0, blocks, std::max<int64_t>(1, kGrain / kWords), [&](int64_t b0, int64_t b1) {
+      alignas(64) uint32_t words[kWords];
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t s = blk * kWords;
+        const int64_t count = std::min(kWords, n - s);
+        philox_fill(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset + s), count, words);
+        double k = 0.0, t = 0.0;
+        for (int64_t j = 0; j < count; ++j) {
+          const double a = std::abs(static_cast<double>(v[s + j]));
+          t += a;
+          k += is_kept(words[j], thr) ? a : 0.0;
+        }
+        kept[static_cast<size_t>(blk)] = k;
+        total[static_cast<size_t>(blk)] = t;
+      }
+    });
+  });
+  double k = 0.0, t = 0.0;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    k += kept[static_cast<size_t>(blk)];
+    t += total[static_cast<size_t>(blk)];
+  }
+  double* r = result.data_ptr<double>();
+  r[0] = k;
+  r[1] = t;
+  return result;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(darex, CPU, m) {
+  m.impl("prune_", &prune_cpu);
+  m.impl("dare", &dare_cpu);
+  m.impl("dare_out", &dare_out_cpu);
+  m.impl("keep_mask", &keep_mask_cpu);
+  m.impl("kept_abs_sum", &kept_abs_sum_cpu);
+}
+
+}  // namespace darex::cpu

@@ -1,0 +1,21 @@
+// Schemas of the seeded DARE ops. Kernels: cpu/prune_kernel.cpp, cuda/prune_kernel.cu;
+// fakes: darex_ext/_fake.py; typed wrappers with argument checks: darex_ext/ops.py.
+//
+// Shared arguments: `p` drop rate in [0, 1); `seed` the 64-bit mask seed passed as its int64
+// bit pattern; `offset` the flat index of element 0 (for streaming a tensor in pieces);
+// `q_rows` optional per-row q (1-D, accumulation dtype, length size(0)); `q` the scalar q used
+// when q_rows is None. Kept elements are scaled by 1/q (see common/dare_math.h).
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(darex, m) {
+  m.def("prune_(Tensor(a!) delta, float p, int seed, int offset, Tensor? q_rows, float q) -> ()");
+  m.def(
+      "dare(Tensor finetuned, Tensor base, float p, int seed, int offset, Tensor? q_rows, "
+      "float q) -> Tensor");
+  m.def(
+      "dare_out(Tensor finetuned, Tensor base, float p, int seed, int offset, Tensor? q_rows, "
+      "float q, Tensor(a!) out) -> ()");
+  m.def("keep_mask(Tensor like, float p, int seed, int offset) -> Tensor");
+  // [sum of |x| over kept elements, sum of |x| over all elements], float64; for rescale="l1".
+  m.def("kept_abs_sum(Tensor delta, float p, int seed, int offset) -> Tensor");
+}

@@ -1,0 +1,55 @@
+// Entry checks shared by the CPU and CUDA kernels of the prune ops. The Python wrappers raise
+// friendlier errors first; these keep direct torch.ops.darex.* calls safe.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <optional>
+
+namespace darex {
+
+inline void check_values_tensor(const at::Tensor& t, const char* name) {
+  const auto dt = t.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+                   name, " must be float32, float64, float16 or bfloat16, got ", dt);
+}
+
+inline void check_p(double p) {
+  TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, "p must be in [0, 1), got ", p);
+}
+
+inline void check_offset(int64_t offset) {
+  TORCH_CHECK_VALUE(offset >= 0, "offset must be >= 0, got ", offset);
+}
+
+// Validates the rescale arguments against `delta`; returns the row length for per-row q.
+inline int64_t check_q(const at::Tensor& delta, const std::optional<at::Tensor>& q_rows, double q) {
+  if (!q_rows.has_value()) {
+    TORCH_CHECK_VALUE(std::isfinite(q) && q > 0.0, "q must be a finite number > 0, got ", q);
+    return 0;
+  }
+  const at::Tensor& qr = *q_rows;
+  TORCH_CHECK_VALUE(delta.dim() >= 1, "per-row q needs a tensor with at least one dimension");
+  TORCH_CHECK_VALUE(qr.dim() == 1 && qr.size(0) == delta.size(0), "q must have length ",
+                    delta.size(0), " (delta.shape[0]), got shape ", qr.sizes());
+  TORCH_CHECK_VALUE(qr.device() == delta.device(), "q must be on ", delta.device(), ", got ",
+                    qr.device());
+  const auto acc = delta.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK_TYPE(qr.scalar_type() == acc, "q must be ", acc, " for a ", delta.scalar_type(),
+                   " tensor, got ", qr.scalar_type());
+  TORCH_CHECK_VALUE(qr.is_contiguous(), "q must be contiguous");
+  return delta.size(0) == 0 ? 0 : delta.numel() / delta.size(0);
+}
+
+inline void check_same(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn) {
+  TORCH_CHECK_VALUE(a.sizes() == b.sizes(), an, " and ", bn, " must have the same shape, got ",
+                    a.sizes(), " and ", b.sizes());
+  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), an, " and ", bn,
+                   " must have the same dtype, got ", a.scalar_type(), " and ", b.scalar_type());
+  TORCH_CHECK_VALUE(a.device() == b.device(), an, " and ", bn,
+                    " must be on the same device, got ", a.device(), " and ", b.device());
+}
+
+}  // namespace darex

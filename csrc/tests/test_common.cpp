@@ -1,0 +1,142 @@
+// Framework-free tests of csrc/common (Philox, drop threshold, element math) and of the bulk
+// Philox fill. ctest runs this binary three times: natively and with DAREX_CPU_ISA=avx2|scalar,
+// so every vector path is compared with the scalar one on this CPU.
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "check.h"
+#include "common/dare_math.h"
+#include "common/philox.h"
+#include "cpu/philox_fill.h"
+
+using darex::Philox4;
+
+static void check_block(const Philox4& got, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+  CHECK_EQ(got.v[0], a);
+  CHECK_EQ(got.v[1], b);
+  CHECK_EQ(got.v[2], c);
+  CHECK_EQ(got.v[3], d);
+}
+
+// Random123 kat_vectors, philox4x32 10 rounds.
+TEST(philox_known_answers) {
+  check_block(darex::philox4x32_10(Philox4{{0, 0, 0, 0}}, 0, 0),  //
+              0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8);
+  check_block(darex::philox4x32_10(Philox4{{~0u, ~0u, ~0u, ~0u}}, ~0u, ~0u),  //
+              0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd);
+  check_block(darex::philox4x32_10(Philox4{{0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344}},
+                                   0xa4093822, 0x299f31d0),
+              0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1);
+  // The spec's entry point: seed 0, block 0 is the first vector.
+  check_block(darex::philox_block(0, 0), 0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8);
+}
+
+TEST(philox_block_key_and_counter_layout) {
+  const uint64_t seed = 0xa4093822299f31d0ull;  // key = (seed lo, seed hi)
+  const Philox4 got = darex::philox_block(seed, 0x1234567800000009ull);
+  const Philox4 want = darex::philox4x32_10(Philox4{{0x00000009, 0x12345678, 0, 0}}, 0x299f31d0, 0xa4093822);
+  check_block(got, want.v[0], want.v[1], want.v[2], want.v[3]);
+}
+
+TEST(philox_word_is_word_of_block) {
+  const uint64_t seeds[] = {0, 1, 42, 0xdeadbeefcafef00dull, ~0ull};
+  const uint64_t indices[] = {0, 1, 2, 3, 4, 7, 1001, (1ull << 32) - 1, 1ull << 32, (1ull << 34) - 1,
+                              1ull << 34, (1ull << 34) + 6, 0x7fffffffffffffffull};
+  for (uint64_t s : seeds)
+    for (uint64_t i : indices) CHECK_EQ(darex::philox_word(s, i), darex::philox_block(s, i / 4).v[i % 4]);
+  // Block 2^32 + 5 must put the 1 in the counter's high word, not drop it.
+  const Philox4 high = darex::philox_block(7, (1ull << 32) + 5);
+  const Philox4 want = darex::philox4x32_10(Philox4{{5, 1, 0, 0}}, 7, 0);
+  check_block(high, want.v[0], want.v[1], want.v[2], want.v[3]);
+  CHECK(darex::philox_block(7, (1ull << 32) + 5).v[0] != darex::philox_block(7, 5).v[0]);
+}
+
+TEST(drop_threshold) {
+  CHECK_EQ(darex::drop_threshold(0.0), 0u);
+  CHECK_EQ(darex::drop_threshold(0.5), 0x80000000u);
+  CHECK_EQ(darex::drop_threshold(0.25), 0x40000000u);
+  CHECK_EQ(darex::drop_threshold(1.0 - std::ldexp(1.0, -33)), 0xFFFFFFFFu);  // 2^32 - 0.5, clamped
+  CHECK_EQ(darex::drop_threshold(0.9), static_cast<uint32_t>(std::floor(0.9 * 4294967296.0)));
+  CHECK_EQ(darex::drop_threshold(1e-12), 0u);  // floor(0.0043): tiny p keeps everything
+  // Keep test is u >= T: with p = 0 even u = 0 is kept; with T = 2^32-1 only u = 2^32-1 is.
+  CHECK(darex::is_kept(0u, darex::drop_threshold(0.0)));
+  CHECK(!darex::is_kept(0xFFFFFFFEu, 0xFFFFFFFFu));
+  CHECK(darex::is_kept(0x80000000u, darex::drop_threshold(0.5)));
+  CHECK(!darex::is_kept(0x7FFFFFFFu, darex::drop_threshold(0.5)));
+}
+
+template <typename T>
+static void check_element_math(T q) {
+  const T inv = darex::inverse_q<T>(q);
+  CHECK_EQ(inv, T(1) / q);
+  const T xs[] = {T(3.25), T(-3.25), T(0), -T(0), T(1e-30)};
+  for (T x : xs) {
+    CHECK_EQ(darex::prune_value<T>(x, inv, true), x * inv);
+    const T dropped = darex::prune_value<T>(x, inv, false);
+    CHECK_EQ(dropped, T(0));
+    // +0, not -0, even for negative x: CPU and CUDA outputs are compared bit for bit.
+    CHECK(!std::signbit(dropped));
+    const T base = T(-1.5);
+    CHECK_EQ(darex::dare_value<T>(x, base, inv, false), base);
+    const T diff = x - base;  // separate statements: one rounding per operation
+    const T scaled = diff * inv;
+    CHECK_EQ(darex::dare_value<T>(x, base, inv, true), base + scaled);
+  }
+}
+
+TEST(element_math) {
+  CHECK_EQ(darex::inverse_q<float>(0.1f), 1.0f / 0.1f);
+  CHECK_EQ(darex::inverse_q<double>(0.1), 1.0 / 0.1);
+  check_element_math<float>(0.1f);
+  check_element_math<float>(0.7f);
+  check_element_math<double>(0.1);
+  check_element_math<double>(0.3);
+}
+
+// DAREX_CPU_ISA must actually narrow the path, or the forced-ISA ctest entries test nothing new.
+TEST(forced_isa_is_honoured) {
+  const char* env = std::getenv("DAREX_CPU_ISA");
+  const std::string isa = darex::cpu::philox_fill_isa();
+  std::printf("  philox_fill ISA: %s (DAREX_CPU_ISA=%s)\n", isa.c_str(), env ? env : "");
+  if (env && std::string(env) == "scalar") CHECK_EQ(isa, std::string("scalar"));
+  if (env && std::string(env) == "avx2") CHECK(isa != "avx512");
+}
+
+TEST(philox_fill_matches_scalar) {
+  const uint64_t seeds[] = {0, 1, 0x9e3779b97f4a7c15ull, 0xffffffff00000000ull, ~0ull};
+  const uint64_t four_g = 1ull << 32;
+  const uint64_t firsts[] = {0, 1, 2, 3, 4, 5, 61, 64, 1000003,
+                             // the block counter crosses 2^32 inside a vector batch
+                             4 * four_g - 4 * 5, 4 * four_g - 4 * 5 + 3, 4 * four_g - 1, 4 * four_g,
+                             4 * four_g + 2, 0x3fffffffffffff01ull};
+  const int64_t sizes[] = {0, 1, 3, 5, 31, 32, 33, 63, 64, 65, 1000};
+  constexpr uint32_t kCanary = 0xC0FFEE11u;
+  constexpr int64_t kSlack = 80;  // more than one AVX-512 step: catches a tail overrun
+  for (uint64_t seed : seeds)
+    for (uint64_t first : firsts)
+      for (int64_t n : sizes) {
+        std::vector<uint32_t> want(n + kSlack, kCanary), got(n + kSlack, kCanary);
+        darex::cpu::philox_fill_scalar(seed, first, n, want.data());
+        darex::cpu::philox_fill(seed, first, n, got.data());
+        bool ok = true;
+        for (int64_t k = 0; k < n && ok; ++k) {
+          ok = CHECK_EQ(want[k], darex::philox_word(seed, first + k)) && CHECK_EQ(got[k], want[k]);
+          if (!ok) std::printf("    seed=%llx first=%llx n=%lld k=%lld\n", (unsigned long long)seed,
+                               (unsigned long long)first, (long long)n, (long long)k);
+        }
+        for (int64_t k = n; k < n + kSlack && ok; ++k) ok = CHECK_EQ(got[k], kCanary);
+      }
+}
+
+// An output pointer that is not 32/64-byte aligned must work (the kernels use unaligned stores).
+TEST(philox_fill_unaligned_output) {
+  std::vector<uint32_t> want(1001), buf(1001 + 1);
+  darex::cpu::philox_fill_scalar(5, 7, 1001, want.data());
+  darex::cpu::philox_fill(5, 7, 1001, buf.data() + 1);
+  CHECK(std::memcmp(want.data(), buf.data() + 1, want.size() * sizeof(uint32_t)) == 0);
+}
+
+int main() { return darex_test::run_all(); }

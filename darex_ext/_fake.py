@@ -1,0 +1,33 @@
+"""Fake (meta) implementations of every darex op, for torch.compile and opcheck.
+
+One place for all of them, as bitsandbytes does: shapes, dtypes and devices only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.library.register_fake("darex::prune_")
+def _prune_fake(delta, p, seed, offset, q_rows, q):
+    return None
+
+
+@torch.library.register_fake("darex::dare")
+def _dare_fake(finetuned, base, p, seed, offset, q_rows, q):
+    return torch.empty(finetuned.shape, dtype=finetuned.dtype, device=finetuned.device)
+
+
+@torch.library.register_fake("darex::dare_out")
+def _dare_out_fake(finetuned, base, p, seed, offset, q_rows, q, out):
+    return None
+
+
+@torch.library.register_fake("darex::keep_mask")
+def _keep_mask_fake(like, p, seed, offset):
+    return torch.empty(like.shape, dtype=torch.bool, device=like.device)
+
+
+@torch.library.register_fake("darex::kept_abs_sum")
+def _kept_abs_sum_fake(delta, p, seed, offset):
+    return torch.empty((2,), dtype=torch.float64, device=delta.device)

@@ -1,0 +1,44 @@
+"""The `darex` console script: bench smoke run, version, exit codes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import darex_ext
+from darex_ext import cli
+
+
+def test_bench_quick_runs_and_prints_a_table(capsys):
+    assert cli.main(["bench", "--quick", "--device", "cpu", "--dtypes", "float32", "--p", "0.9",
+                     "--no-memory"]) == 0
+    out = capsys.readouterr().out
+    assert "darex.prune_" in out and "mul_(2.0) (ceiling)" in out and "x vs torch" in out
+
+
+def test_version(capsys):
+    assert cli.main(["version"]) == 0
+    assert "darex_ext" in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2():
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["no-such-command"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--dtypes"])
+    assert exc.value.code == 2
+
+
+def test_bad_dtype_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--quick", "--device", "cpu", "--dtypes", "int7"])
+    assert exc.value.code == 2
+    assert "int7" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(darex_ext.cuda_built() and torch.cuda.is_available(), reason="CUDA is usable here")
+def test_failures_exit_1_with_one_line(capsys):
+    assert cli.main(["bench", "--quick", "--device", "cuda"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "cuda" in err.lower() and len(err.splitlines()) == 1

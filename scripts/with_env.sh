@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs a command inside a virtual environment that has torch and this checkout's darex_ext
+# built in it, creating the environment and (re)building the extension only when needed.
+#
+#   bash scripts/with_env.sh darex bench                  # the main job on a built-in default
+#   bash scripts/with_env.sh python -m pytest python_tests -q   # the test suite
+#
+# DAREX_VENV picks the environment folder (default: ~/.cache/darex_ext/venv-cpu-<key>, keyed on
+# the requirement list and the Python version, so a change of either makes a new one).
+# DAREX_TORCH overrides the torch requirement (default torch==2.13.0, a CPU build).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+python="${DAREX_PYTHON:-python3}"
+torch_req="${DAREX_TORCH:-torch==2.13.0}"
+reqs="$torch_req numpy pytest pytest-benchmark safetensors hypothesis expecttest setuptools wheel ninja"
+key="$(printf '%s|%s' "$reqs" "$("$python" --version 2>&1)" | sha256sum | cut -c1-12)"
+venv="${DAREX_VENV:-$HOME/.cache/darex_ext/venv-cpu-$key}"
+
+log() { printf '[with_env] %s\n' "$*" >&2; }
+
+if [ ! -f "$venv/.darex_ready" ]; then
+  log "creating $venv ($reqs)"
+  rm -rf "$venv.tmp"
+  "$python" -m venv "$venv.tmp"
+  # Quiet pip, but keep its errors; the local-index warnings of this machine are noise.
+  "$venv.tmp/bin/python" -m pip install -q --disable-pip-version-check $reqs 2>&1 \
+    | { grep -v "^WARNING: Location" || true; } >&2
+  rm -rf "$venv"
+  mv "$venv.tmp" "$venv"
+  # venv scripts hard-code their folder; recreate them for the final location.
+  "$python" -m venv --upgrade "$venv" >/dev/null
+  touch "$venv/.darex_ready"
+fi
+
+# Rebuild when the sources, the build recipe, the environment or the checkout changed.
+stamp="$( (cd "$root" && cat setup.py pyproject.toml darex_ext/_version.py $(find csrc -type f | sort) \
+           | sha256sum | cut -c1-16); echo "$root" "$venv")"
+if [ "$(cat "$venv/.darex_build" 2>/dev/null)" != "$stamp" ] || ! ls "$root"/darex_ext/_C*.so >/dev/null 2>&1; then
+  log "building darex_ext from $root (CPU only)"
+  (cd "$root" && DAREX_SKIP_CUDA=1 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+      --no-build-isolation --no-deps -e . 2>&1 | { grep -v "^WARNING: Location" || true; } >&2)
+  printf '%s' "$stamp" > "$venv/.darex_build"
+fi
+
+export PATH="$venv/bin:$PATH"
+export VIRTUAL_ENV="$venv"
+cd "$root"
+exec "$@"
