@@ -101,10 +101,7 @@ inline void with_inverse_q(int64_t s, int64_t count, int64_t row_len, const acc_
 void prune_cpu(at::Tensor& delta, double p, int64_t seed, int64_t offset,
                const std::optional<at::Tensor>& q_rows, double q) {
   TORCH_CHECK(delta.device().is_cpu(), "delta must be a CPU tensor");
-  check_values_tensor(delta, "delta");
-  check_p(p);
-  check_offset(offset);
-  const int64_t row_len = check_q(delta, q_rows, q);
+  const int64_t row_len = check_prune_args(delta, p, offset, q_rows, q);
   const int64_t n = delta.numel();
   if (n == 0) return;
   at::Tensor work = delta.is_contiguous() ? delta : delta.contiguous();
@@ -129,12 +126,7 @@ void dare_out_cpu(const at::Tensor& finetuned, const at::Tensor& base, double p,
                   int64_t offset, const std::optional<at::Tensor>& q_rows, double q,
                   at::Tensor& out) {
   TORCH_CHECK(finetuned.device().is_cpu(), "finetuned must be a CPU tensor");
-  check_values_tensor(finetuned, "finetuned");
-  check_same(finetuned, "finetuned", base, "base");
-  check_same(finetuned, "finetuned", out, "out");
-  check_p(p);
-  check_offset(offset);
-  const int64_t row_len = check_q(finetuned, q_rows, q);
+  const int64_t row_len = check_dare_args(finetuned, base, p, offset, q_rows, q, out);
   const int64_t n = finetuned.numel();
   if (n == 0) return;
   const at::Tensor ft = finetuned.contiguous();
@@ -160,13 +152,6 @@ void dare_out_cpu(const at::Tensor& finetuned, const at::Tensor& base, double p,
   if (!dst.is_same(out)) out.copy_(dst);
 }
 
-at::Tensor dare_cpu(const at::Tensor& finetuned, const at::Tensor& base, double p, int64_t seed,
-                    int64_t offset, const std::optional<at::Tensor>& q_rows, double q) {
-  at::Tensor out = at::empty(finetuned.sizes(), finetuned.options());
-  dare_out_cpu(finetuned, base, p, seed, offset, q_rows, q, out);
-  return out;
-}
-
 at::Tensor keep_mask_cpu(const at::Tensor& like, double p, int64_t seed, int64_t offset) {
   check_p(p);
   check_offset(offset);
@@ -185,9 +170,7 @@ at::Tensor keep_mask_cpu(const at::Tensor& like, double p, int64_t seed, int64_t
 // Per-block partial sums reduced in a fixed order, so the result is independent of threads.
 at::Tensor kept_abs_sum_cpu(const at::Tensor& delta, double p, int64_t seed, int64_t offset) {
   TORCH_CHECK(delta.device().is_cpu(), "delta must be a CPU tensor");
-  check_values_tensor(delta, "delta");
-  check_p(p);
-  check_offset(offset);
+  check_prune_args(delta, p, offset, std::nullopt, 1.0);
   at::Tensor result = at::zeros({2}, delta.options().dtype(at::kDouble));
   const int64_t n = delta.numel();
   if (n == 0) return result;
@@ -229,7 +212,6 @@ at::Tensor kept_abs_sum_cpu(const at::Tensor& delta, double p, int64_t seed, int
 
 TORCH_LIBRARY_IMPL(darex, CPU, m) {
   m.impl("prune_", &prune_cpu);
-  m.impl("dare", &dare_cpu);
   m.impl("dare_out", &dare_out_cpu);
   m.impl("keep_mask", &keep_mask_cpu);
   m.impl("kept_abs_sum", &kept_abs_sum_cpu);

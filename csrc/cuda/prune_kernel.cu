@@ -134,10 +134,7 @@ InverseQ<acc_t> make_inverse(const std::optional<at::Tensor>& q_rows, double q, 
 void prune_cuda(at::Tensor& delta, double p, int64_t seed, int64_t offset,
                 const std::optional<at::Tensor>& q_rows, double q) {
   TORCH_CHECK(delta.is_cuda(), "delta must be a CUDA tensor");
-  check_values_tensor(delta, "delta");
-  check_p(p);
-  check_offset(offset);
-  const int64_t row_len = check_q(delta, q_rows, q);
+  const int64_t row_len = check_prune_args(delta, p, offset, q_rows, q);
   const int64_t n = delta.numel();
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(delta.device());
@@ -157,12 +154,7 @@ void dare_out_cuda(const at::Tensor& finetuned, const at::Tensor& base, double p
                    int64_t offset, const std::optional<at::Tensor>& q_rows, double q,
                    at::Tensor& out) {
   TORCH_CHECK(finetuned.is_cuda(), "finetuned must be a CUDA tensor");
-  check_values_tensor(finetuned, "finetuned");
-  check_same(finetuned, "finetuned", base, "base");
-  check_same(finetuned, "finetuned", out, "out");
-  check_p(p);
-  check_offset(offset);
-  const int64_t row_len = check_q(finetuned, q_rows, q);
+  const int64_t row_len = check_dare_args(finetuned, base, p, offset, q_rows, q, out);
   const int64_t n = finetuned.numel();
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(finetuned.device());
@@ -182,13 +174,6 @@ void dare_out_cuda(const at::Tensor& finetuned, const at::Tensor& base, double p
     launch(op, static_cast<uint64_t>(seed), off, n, finetuned.get_device());
   });
   if (!dst.is_same(out)) out.copy_(dst);
-}
-
-at::Tensor dare_cuda(const at::Tensor& finetuned, const at::Tensor& base, double p, int64_t seed,
-                     int64_t offset, const std::optional<at::Tensor>& q_rows, double q) {
-  at::Tensor out = at::empty(finetuned.sizes(), finetuned.options());
-  dare_out_cuda(finetuned, base, p, seed, offset, q_rows, q, out);
-  return out;
 }
 
 at::Tensor keep_mask_cuda(const at::Tensor& like, double p, int64_t seed, int64_t offset) {
@@ -247,9 +232,7 @@ __global__ void __launch_bounds__(kThreads) kept_abs_sum_kernel(const scalar_t* 
 
 at::Tensor kept_abs_sum_cuda(const at::Tensor& delta, double p, int64_t seed, int64_t offset) {
   TORCH_CHECK(delta.is_cuda(), "delta must be a CUDA tensor");
-  check_values_tensor(delta, "delta");
-  check_p(p);
-  check_offset(offset);
+  check_prune_args(delta, p, offset, std::nullopt, 1.0);
   const c10::cuda::CUDAGuard guard(delta.device());
   const int64_t n = delta.numel();
   if (n == 0) return at::zeros({2}, delta.options().dtype(at::kDouble));
@@ -273,7 +256,6 @@ at::Tensor kept_abs_sum_cuda(const at::Tensor& delta, double p, int64_t seed, in
 
 TORCH_LIBRARY_IMPL(darex, CUDA, m) {
   m.impl("prune_", &prune_cuda);
-  m.impl("dare", &dare_cuda);
   m.impl("dare_out", &dare_out_cuda);
   m.impl("keep_mask", &keep_mask_cuda);
   m.impl("kept_abs_sum", &kept_abs_sum_cuda);

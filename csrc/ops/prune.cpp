@@ -5,7 +5,11 @@
 // bit pattern; `offset` the flat index of element 0 (for streaming a tensor in pieces);
 // `q_rows` optional per-row q (1-D, accumulation dtype, length size(0)); `q` the scalar q used
 // when q_rows is None. Kept elements are scaled by 1/q (see common/dare_math.h).
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
+
+#include <optional>
 
 TORCH_LIBRARY_FRAGMENT(darex, m) {
   m.def("prune_(Tensor(a!) delta, float p, int seed, int offset, Tensor? q_rows, float q) -> ()");
@@ -19,3 +23,23 @@ TORCH_LIBRARY_FRAGMENT(darex, m) {
   // [sum of |x| over kept elements, sum of |x| over all elements], float64; for rescale="l1".
   m.def("kept_abs_sum(Tensor delta, float p, int seed, int offset) -> Tensor");
 }
+
+namespace darex {
+namespace {
+
+// dare = a fresh contiguous output + dare_out, the same on every device.
+at::Tensor dare_composite(const at::Tensor& finetuned, const at::Tensor& base, double p, int64_t seed,
+                          int64_t offset, const std::optional<at::Tensor>& q_rows, double q) {
+  at::Tensor out = at::empty(finetuned.sizes(), finetuned.options());
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("darex::dare_out", "").typed<void(
+      const at::Tensor&, const at::Tensor&, double, int64_t, int64_t, const std::optional<at::Tensor>&, double,
+      at::Tensor&)>();
+  op.call(finetuned, base, p, seed, offset, q_rows, q, out);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(darex, CompositeExplicitAutograd, m) { m.impl("dare", &dare_composite); }
+
+}  // namespace darex

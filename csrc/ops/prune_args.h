@@ -52,4 +52,25 @@ inline void check_same(const at::Tensor& a, const char* an, const at::Tensor& b,
                     " must be on the same device, got ", a.device(), " and ", b.device());
 }
 
+// All entry checks of prune_ / kept_abs_sum (q_rows may be absent); returns the row length.
+inline int64_t check_prune_args(const at::Tensor& delta, double p, int64_t offset,
+                                const std::optional<at::Tensor>& q_rows, double q) {
+  check_values_tensor(delta, "delta");
+  check_p(p);
+  check_offset(offset);
+  return check_q(delta, q_rows, q);
+}
+
+// All entry checks of dare_out; returns the row length for per-row q.
+inline int64_t check_dare_args(const at::Tensor& finetuned, const at::Tensor& base, double p,
+                               int64_t offset, const std::optional<at::Tensor>& q_rows, double q,
+                               const at::Tensor& out) {
+  check_values_tensor(finetuned, "finetuned");
+  check_same(finetuned, "finetuned", base, "base");
+  check_same(finetuned, "finetuned", out, "out");
+  check_p(p);
+  check_offset(offset);
+  return check_q(finetuned, q_rows, q);
+}
+
 }  // namespace darex
