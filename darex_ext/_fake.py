@@ -31,3 +31,23 @@ def _keep_mask_fake(like, p, seed, offset):
 @torch.library.register_fake("darex::kept_abs_sum")
 def _kept_abs_sum_fake(delta, p, seed, offset):
     return torch.empty((2,), dtype=torch.float64, device=delta.device)
+
+
+@torch.library.register_fake("darex::topk_mask")
+def _topk_mask_fake(scores, k, largest, per_row):
+    return torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
+
+
+@torch.library.register_fake("darex::topk_threshold")
+def _topk_threshold_fake(scores, k, largest):
+    return torch.empty((3,), dtype=torch.float64, device=scores.device)
+
+
+@torch.library.register_fake("darex::magnitude_prune_")
+def _magnitude_prune_fake(delta, keep, per_row, q):
+    return None
+
+
+@torch.library.register_fake("darex::wanda_prune_")
+def _wanda_prune_fake(delta, act_norm, keep, q):
+    return None
