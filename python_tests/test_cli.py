@@ -42,3 +42,16 @@ def test_failures_exit_1_with_one_line(capsys):
     assert cli.main(["bench", "--quick", "--device", "cuda"]) == 1
     err = capsys.readouterr().err.strip()
     assert "cuda" in err.lower() and len(err.splitlines()) == 1
+
+
+def test_topk_benchmark_script_quick_run():
+    # The script checks darex against torch.topk before timing and exits 1 on a mismatch.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_topk.py"
+    done = subprocess.run([sys.executable, str(script), "--quick", "--no-memory", "--repeat", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "darex.magnitude_prune_" in done.stdout and "identical mask" in done.stdout

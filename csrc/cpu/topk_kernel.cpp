@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cmath>
 #include <functional>
+#include <memory>
 #include <type_traits>
 #include <cstring>
 #include <vector>
@@ -177,6 +178,23 @@ Selection<U> select_serial(const Keys& keys, int64_t n, int64_t k, int64_t& nans
   return {prefix, k - remaining, remaining};
 }
 
+// Growable key buffer without std::vector's zero-fill, for branch-free compaction.
+template <typename U>
+struct KeyBuffer {
+  std::unique_ptr<U[]> data;
+  int64_t size = 0, capacity = 0;
+  U* grow(int64_t extra) {  // room for `extra` more keys at data + size
+    if (size + extra > capacity) {
+      const int64_t next = std::max(size + extra, 2 * capacity + 4096);
+      std::unique_ptr<U[]> bigger(new U[static_cast<size_t>(next)]);
+      if (size) std::memcpy(bigger.get(), data.get(), static_cast<size_t>(size) * sizeof(U));
+      data = std::move(bigger);
+      capacity = next;
+    }
+    return data.get() + size;
+  }
+};
+
 // Sample-guided select (Floyd-Rivest style) for large tensors: a strided sample of keys brackets
 // the k-th key in [lo, hi]; ONE pass over the tensor counts keys above hi and collects the few
 // in [lo, hi]; the exact radix select then runs on those alone. Returns false (and the caller
@@ -197,31 +215,36 @@ bool select_by_sample(const Keys& keys, int64_t n, int64_t k, Selection<U>& resu
   const U lo = r_lo >= kSample ? U(0) : sample[static_cast<size_t>(r_lo)];
   const int64_t cap = n / 16;  // extra memory stays at most 1/16 of the keys
   const int threads = at::get_num_threads();
-  std::vector<std::vector<U>> picked(static_cast<size_t>(threads));
+  std::vector<KeyBuffer<U>> picked(static_cast<size_t>(threads));
   std::vector<int64_t> above(static_cast<size_t>(threads)), nans(static_cast<size_t>(threads));
   std::atomic<int64_t> collected{0};
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
     const size_t t = static_cast<size_t>(at::get_thread_num());
     auto& out = picked[t];
     int64_t up = 0, bad = 0;
-    const size_t before = out.size();
+    const int64_t before = out.size;
     // Locals, so the compiler need not reload them around push_back's stores.
     const Keys kk = keys;
     const U top = hi, bottom = lo;
-    for (int64_t i = begin; i < end; ++i) {
-      const U key = kk.key(i);
-      bad += kk.nan(i);
-      if (key > top) {
-        ++up;
-      } else if (key >= bottom) {
-        out.push_back(key);
+    // Branch-free: every key is stored at the end of the buffer and the end advances only
+    // for keys inside [lo, hi]; the buffer grows a block at a time.
+    constexpr int64_t kBlock = 1024;
+    for (int64_t s = begin; s < end; s += kBlock) {
+      const int64_t m = std::min(kBlock, end - s);
+      U* dst = out.grow(m);
+      int64_t c = 0;
+      for (int64_t j = 0; j < m; ++j) {
+        const U key = kk.key(s + j);
+        bad += kk.nan(s + j);
+        up += key > top;
+        dst[c] = key;
+        c += (key >= bottom) & (key <= top);
       }
+      out.size += c;
     }
     above[t] += up;
     nans[t] += bad;
-    if ((collected += static_cast<int64_t>(out.size() - before)) > cap) {
-      std::vector<U>().swap(out);  // give the memory back early; the result is discarded
-    }
+    if ((collected += out.size - before) > cap) out = KeyBuffer<U>();  // result discarded: free early
   });
   int64_t nan_count = 0, count_above = 0;
   for (int t = 0; t < threads; ++t) {
@@ -232,7 +255,7 @@ bool select_by_sample(const Keys& keys, int64_t n, int64_t k, Selection<U>& resu
   if (collected.load() > cap) return false;
   std::vector<U> all;
   all.reserve(static_cast<size_t>(collected.load()));
-  for (auto& v : picked) all.insert(all.end(), v.begin(), v.end());
+  for (auto& v : picked) all.insert(all.end(), v.data.get(), v.data.get() + v.size);
   const int64_t need = k - count_above;  // to be taken among the collected keys
   if (need < 1 || need > static_cast<int64_t>(all.size())) return false;
   int64_t no_nans = 0;
@@ -474,17 +497,27 @@ at::Tensor topk_threshold_cpu(const at::Tensor& scores, int64_t k, bool largest)
   return result;
 }
 
-// Kept entries scaled by 1/q (when q is given), dropped ones set to 0.
-template <typename scalar_t>
-auto prune_writer(scalar_t* x, std::optional<acc_of<scalar_t>> inv) {
+// Kept entries scaled by 1/q (when q is given), dropped ones set to 0; branch-free selects.
+template <typename scalar_t, bool kScale>
+struct PruneWriter {
   using acc_t = acc_of<scalar_t>;
-  return [x, inv](int64_t i, bool keep) {
-    if (!keep) {
-      x[i] = static_cast<scalar_t>(acc_t(0));
-    } else if (inv) {
-      x[i] = static_cast<scalar_t>(prune_value(static_cast<acc_t>(x[i]), *inv, true));
-    }
-  };
+  scalar_t* x;
+  acc_t inv;
+  void operator()(int64_t i, bool keep) const {
+    const acc_t v = static_cast<acc_t>(x[i]);
+    const acc_t kept = kScale ? prune_value(v, inv, true) : v;
+    x[i] = static_cast<scalar_t>(keep ? kept : acc_t(0));
+  }
+};
+
+// Runs f(make_writer) with a writer factory for row r, specialized on whether q is given.
+template <typename scalar_t, typename F>
+void with_prune_writer(scalar_t* x, int64_t cols, std::optional<acc_of<scalar_t>> inv, const F& f) {
+  if (inv) {
+    f([x, cols, v = *inv](int64_t r) { return PruneWriter<scalar_t, true>{x + r * cols, v}; });
+  } else {
+    f([x, cols](int64_t r) { return PruneWriter<scalar_t, false>{x + r * cols, 0}; });
+  }
 }
 
 template <typename acc_t>
@@ -505,9 +538,10 @@ void magnitude_prune_cpu(at::Tensor& delta, int64_t keep, bool per_row, std::opt
     check_no_nan<scalar_t>(work);
     scalar_t* x = work.data_ptr<scalar_t>();
     const U* bits = reinterpret_cast<const U*>(x);
-    select_and_write(
-        rows, cols, keep, per_row, [&](int64_t r) { return AbsKeys<scalar_t>{bits + r * cols}; },
-        [&](int64_t r) { return prune_writer<scalar_t>(x + r * cols, inv); });
+    with_prune_writer<scalar_t>(x, cols, inv, [&](const auto& make_writer) {
+      select_and_write(rows, cols, keep, per_row, [&](int64_t r) { return AbsKeys<scalar_t>{bits + r * cols}; },
+                       make_writer);
+    });
   });
   if (!work.is_same(delta)) delta.copy_(work);
 }
@@ -541,9 +575,10 @@ void wanda_prune_cpu(at::Tensor& delta, const at::Tensor& act_norm, int64_t keep
       nans += local;
     });
     raise_on_nan<uint32_t>(nans.load());
-    select_and_write(
-        rows, cols, keep, true, [&](int64_t r) { return WandaKeys<scalar_t>{x + r * cols, an}; },
-        [&](int64_t r) { return prune_writer<scalar_t>(x + r * cols, inv); });
+    with_prune_writer<scalar_t>(x, cols, inv, [&](const auto& make_writer) {
+      select_and_write(rows, cols, keep, true, [&](int64_t r) { return WandaKeys<scalar_t>{x + r * cols, an}; },
+                       make_writer);
+    });
   });
   if (!work.is_same(delta)) delta.copy_(work);
 }
