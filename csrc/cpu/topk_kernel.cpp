@@ -226,19 +226,27 @@ bool select_by_sample(const Keys& keys, int64_t n, int64_t k, Selection<U>& resu
     // Locals, so the compiler need not reload them around push_back's stores.
     const Keys kk = keys;
     const U top = hi, bottom = lo;
-    // Branch-free: every key is stored at the end of the buffer and the end advances only
-    // for keys inside [lo, hi]; the buffer grows a block at a time.
-    constexpr int64_t kBlock = 1024;
+    // Small blocks: a branch-free loop the compiler vectorizes computes the keys and the
+    // counts; only blocks that hold a candidate (a minority, at 32 keys per block) run the
+    // branch-free scalar compaction into the buffer.
+    constexpr int64_t kBlock = 32;
+    U block[kBlock];
     for (int64_t s = begin; s < end; s += kBlock) {
       const int64_t m = std::min(kBlock, end - s);
+      int64_t in = 0;
+      for (int64_t j = 0; j < m; ++j) {
+        const U key = kk.key(s + j);
+        block[j] = key;
+        bad += kk.nan(s + j);
+        up += key > top;
+        in += (key >= bottom) & (key <= top);
+      }
+      if (in == 0) continue;
       U* dst = out.grow(m);
       int64_t c = 0;
       for (int64_t j = 0; j < m; ++j) {
-        const U key = kk.key(s + j);
-        bad += kk.nan(s + j);
-        up += key > top;
-        dst[c] = key;
-        c += (key >= bottom) & (key <= top);
+        dst[c] = block[j];
+        c += (block[j] >= bottom) & (block[j] <= top);
       }
       out.size += c;
     }
