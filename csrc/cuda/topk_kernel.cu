@@ -37,6 +37,7 @@
 #include "../common/dare_math.h"
 #include "../common/radix_key.h"
 #include "../ops/prune_args.h"
+#include "../ops/topk_args.h"
 #include "launch.cuh"
 
 namespace darex::cuda {
@@ -552,25 +553,6 @@ void check_scores(const at::Tensor& t, const char* name) {
   check_values_tensor(t, name);
 }
 
-std::pair<int64_t, int64_t> slice_shape(const at::Tensor& t, bool per_row) {
-  if (!per_row) return {1, t.numel()};
-  TORCH_CHECK_VALUE(t.dim() >= 1, "per-row selection needs a tensor with at least one dimension");
-  int64_t cols = 1;  // product of the trailing sizes (numel / rows fails for 0 rows)
-  for (int64_t d = 1; d < t.dim(); ++d) cols *= t.size(d);
-  return {t.size(0), cols};
-}
-
-void check_k(int64_t k, int64_t slice, const char* name) {
-  TORCH_CHECK_VALUE(k >= 0 && k <= slice, name, " must be in [0, ", slice, "] (the slice size), got ", k);
-}
-
-template <typename acc_t>
-std::optional<acc_t> inverse_of(std::optional<double> q) {
-  if (!q) return std::nullopt;
-  TORCH_CHECK_VALUE(std::isfinite(*q) && *q > 0.0, "q must be a finite number > 0, got ", *q);
-  return inverse_q<acc_t>(static_cast<acc_t>(*q));
-}
-
 template <typename scalar_t>
 PruneWriter<scalar_t> prune_writer(scalar_t* x, std::optional<acc_of<scalar_t>> inv) {
   return PruneWriter<scalar_t>{x, inv.value_or(acc_of<scalar_t>(1)), inv.has_value()};
@@ -651,16 +633,8 @@ void magnitude_prune_cuda(at::Tensor& delta, int64_t keep, bool per_row, std::op
 
 void wanda_prune_cuda(at::Tensor& delta, const at::Tensor& act_norm, int64_t keep, std::optional<double> q) {
   check_scores(delta, "delta");
-  TORCH_CHECK_VALUE(delta.dim() == 2, "delta must be 2-D [out_features, in_features], got shape ", delta.sizes());
+  check_wanda_args(delta, act_norm, keep);
   const int64_t rows = delta.size(0), cols = delta.size(1);
-  TORCH_CHECK_VALUE(act_norm.dim() == 1 && act_norm.size(0) == cols, "act_norm must be 1-D of length ",
-                    cols, " (delta.shape[1]), got shape ", act_norm.sizes());
-  TORCH_CHECK_VALUE(act_norm.device() == delta.device(), "act_norm must be on ", delta.device(), ", got ",
-                    act_norm.device());
-  const auto acc = delta.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK_TYPE(act_norm.scalar_type() == acc, "act_norm must be ", acc, " for a ", delta.scalar_type(),
-                   " delta, got ", act_norm.scalar_type());
-  check_k(keep, cols, "keep");
   const c10::cuda::CUDAGuard guard(delta.device());
   at::Tensor work = delta.is_contiguous() ? delta : delta.contiguous();
   const at::Tensor a = act_norm.contiguous();
