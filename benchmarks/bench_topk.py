@@ -39,8 +39,7 @@ import darex_ext
 from darex_ext._bench_cases import DTYPES, BenchError, dtype_name, itemsize
 # Private helpers of _bench_memory (VmHWM reset and reads): reused as they are, wrapped below
 # because its child process (_run_child/_child_main) only knows the prune_/dare methods.
-from darex_ext._bench_memory import _maxrss_bytes, _reset_hwm, _status_kib
-from darex_ext._bench_memory import cuda_extra_peak, hwm_resettable
+from darex_ext._bench_memory import cuda_extra_peak, extra_peak_of, hwm_resettable
 from darex_ext.bench import header_lines, resolve_device, time_method
 from darex_ext.topk import count_from_rate
 
@@ -384,17 +383,11 @@ def _child_main() -> int:
         ws = Workspace(case.shape, DTYPES[case.dtype], cpu)
         call = bind(case, method, ws)
         ws.refill()
-        if use_hwm:
-            _reset_hwm()
-            before = _status_kib("VmRSS") * 1024
-        else:
-            before = _maxrss_bytes()
-        result = call()
-        after = _status_kib("VmHWM") * 1024 if use_hwm else _maxrss_bytes()
-        del result, call
+        extra = extra_peak_of(call, use_hwm)
+        del call
         ws = None
         gc.collect()
-        results[key] = max(after - before, 0)
+        results[key] = extra
     print(json.dumps(results))
     return 0
 

@@ -76,6 +76,19 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+def extra_peak_of(call, use_hwm: bool) -> int:
+    """Bytes of peak RSS that one `call()` adds above the current RSS (its result freed after)."""
+    if use_hwm:
+        _reset_hwm()
+        before = _status_kib("VmRSS") * 1024
+    else:
+        before = _maxrss_bytes()
+    result = call()
+    after = _status_kib("VmHWM") * 1024 if use_hwm else _maxrss_bytes()
+    del result
+    return max(after - before, 0)
+
+
 def _run_child(specs: list[dict], numel: int, threads: int, use_hwm: bool) -> dict[str, int]:
     env = dict(os.environ)
     # A fixed mmap threshold stops glibc from raising it as big blocks are freed: every large
@@ -113,15 +126,7 @@ def _child_main() -> int:
             call()  # first use of a code path maps pages and starts threads: not the op's cost
             call, reset = bind(m, ws)
             reset()
-            if use_hwm:
-                _reset_hwm()
-                before = _status_kib("VmRSS") * 1024
-            else:
-                before = _maxrss_bytes()
-            result = call()
-            after = _status_kib("VmHWM") * 1024 if use_hwm else _maxrss_bytes()
-            del result
-            results[job["key"]] = max(after - before, 0)
+            results[job["key"]] = extra_peak_of(call, use_hwm)
         del small, ws
     print(json.dumps(results))
     return 0
