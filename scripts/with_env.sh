@@ -13,7 +13,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${DAREX_PYTHON:-python3}"
 torch_req="${DAREX_TORCH:-torch==2.13.0}"
-reqs="$torch_req numpy pytest pytest-benchmark safetensors hypothesis expecttest setuptools wheel ninja"
+reqs="$torch_req numpy pytest pytest-benchmark safetensors hypothesis expecttest setuptools wheel ninja transformers peft mergekit atheris matplotlib tqdm"
 key="$(printf '%s|%s' "$reqs" "$("$python" --version 2>&1)" | sha256sum | cut -c1-12)"
 venv="${DAREX_VENV:-$HOME/.cache/darex_ext/venv-cpu-$key}"
 
