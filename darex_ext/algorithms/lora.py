@@ -161,14 +161,18 @@ def prune_lora(model: nn.Module, p: float, q=None, *, mode: str = "product", see
         if unknown:
             raise ValueError(f"q names layers that are not LoRA layers: {unknown}")
 
+    q_of = {name: _q_for(q, name) for name in layers}
     with torch.no_grad():
         if mode == "factors":
+            # Every q is checked before the first factor is touched: no half-pruned model.
             for name, (layer, a) in layers.items():
-                q_layer = _q_for(q, name)
-                if isinstance(q_layer, torch.Tensor) and q_layer.dim() >= 1:
+                if isinstance(q_of[name], torch.Tensor) and q_of[name].dim() >= 1:
                     raise TypeError(f"q[{name!r}]: per-row q is only supported in product mode")
+                for _, w in _factor_weights(layer, a, factors):
+                    _checks.rescale_q(q_of[name], p, w)
+            for name, (layer, a) in layers.items():
                 for suffix, w in _factor_weights(layer, a, factors):
-                    prune_(w.data, p, q_layer, seed=tensor_seed(seed, f"{name}.{suffix}"))
+                    prune_(w.data, p, q_of[name], seed=tensor_seed(seed, f"{name}.{suffix}"))
             if not merge:
                 return model
             deltas = {name: layer.get_delta_weight(a) for name, (layer, a) in layers.items()}
@@ -176,10 +180,11 @@ def prune_lora(model: nn.Module, p: float, q=None, *, mode: str = "product", see
             deltas = {}
             for name, (layer, a) in layers.items():
                 delta = layer.get_delta_weight(a).detach().clone()
-                deltas[name] = prune_(delta, p, _q_for(q, name), seed=tensor_seed(seed, name))
+                deltas[name] = prune_(delta, p, q_of[name], seed=tensor_seed(seed, name))
             if not merge:
                 return {f"{name}.weight": d for name, d in deltas.items()}
         for name, (layer, _) in layers.items():
-            weight = layer.get_base_layer().weight
-            weight.data += deltas[name].to(weight.dtype)
+            # As peft merges: the sum in the wider of the two dtypes, one rounding to the weight's
+            # (peft keeps fp16/bf16 models' adapters in float32 by default).
+            layer.get_base_layer().weight.data += deltas[name]
     return _unload(model, layers)
