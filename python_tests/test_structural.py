@@ -68,6 +68,20 @@ def test_slices_follow_the_1d_keep_mask(device):
     assert not torch.signbit(y[:, ~keep]).any()
 
 
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_special_values(dim, dtype, device):
+    # inf, nan and -0 in kept slices are scaled like any value; in dropped slices they become +0.
+    x = randn(40, 33, dtype=dtype, device=device)
+    x[::3, ::4] = float("inf")
+    x[1::5, 2::3] = float("nan")
+    x[2::7, 1::2] = -0.0
+    expected = ref.structural_prune(x, 0.5, dim, 0.3, seed=21)
+    got = darex_ext.structural_prune_(x.clone(), 0.5, dim=dim, q=0.3, seed=21)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(torch.signbit(got), torch.signbit(expected))
+    assert torch.isnan(got).any() and torch.isinf(got).any()
+
+
 def test_p_zero_keeps_everything_unchanged(dtype, device):
     x = randn(9, 11, dtype=dtype, device=device)
     assert torch.equal(darex_ext.structural_prune_(x.clone(), 0.0, dim=1), x)
