@@ -78,7 +78,9 @@ def test_special_values(dim, dtype, device):
     expected = ref.structural_prune(x, 0.5, dim, 0.3, seed=21)
     got = darex_ext.structural_prune_(x.clone(), 0.5, dim=dim, q=0.3, seed=21)
     torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
-    assert torch.equal(torch.signbit(got), torch.signbit(expected))
+    # NaN payloads and signs are not specified (torch's own bf16 conversion turns them negative).
+    numbers = ~torch.isnan(expected)
+    assert torch.equal(torch.signbit(got[numbers]), torch.signbit(expected[numbers]))
     assert torch.isnan(got).any() and torch.isinf(got).any()
 
 
