@@ -214,3 +214,22 @@ def test_cpu_equals_cuda(shape, dim, dtype):
     cpu = darex_ext.structural_prune_(x.clone(), 0.6, dim=dim, q=0.3, seed=2**40 + 1)
     gpu = darex_ext.structural_prune_(x.cuda(), 0.6, dim=dim, q=0.3, seed=2**40 + 1)
     assert torch.equal(cpu, gpu.cpu())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dim", [0, 1])
+def test_past_int32(dim):
+    # 523906 x 4099 bf16 ones: more than 2^31 elements; rows around 2^31 // 4099 straddle it.
+    rows, cols = (1 << 31) // 4099 + 2, 4099
+    x = torch.ones(rows, cols, dtype=torch.bfloat16)
+    assert x.numel() > (1 << 31)
+    darex_ext.structural_prune_(x, 0.5, dim=dim, q=0.5, seed=99)
+    keep = darex_ext.keep_mask(x.shape[dim], 0.5, seed=99).to(torch.bfloat16) * 2
+    for r in (0, (1 << 31) // cols - 1, (1 << 31) // cols, rows - 1):
+        expected = keep if dim == 1 else keep[r].expand(cols)
+        assert torch.equal(x[r], expected), r
+    col_sums = x[:, :7].float().sum(0)  # one reduction pass over a thin slice
+    if dim == 1:
+        assert torch.equal(col_sums, keep[:7].float() * rows)
+    else:
+        assert torch.equal(col_sums, torch.full((7,), float(keep.float().sum())))
