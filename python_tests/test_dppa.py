@@ -263,6 +263,8 @@ def _bad_calls():
         ("density", lambda: partitions(deltas, {A: 1.5}), ValueError, "densities"),
         ("density name", lambda: partitions(deltas, {"nope": 0.5}), ValueError, "densities"),
         ("width", lambda: partitions(deltas, {A: 0.5}, width=-0.1), ValueError, "width"),
+        ("amplify names", lambda: amplify({}, partitions(deltas, {A: 0.5}), 1.8, 0.0), ValueError, "deltas"),
+        ("amplify alpha", lambda: amplify(deltas, partitions(deltas, {A: 0.5}), "x", 0.0), TypeError, "alpha_hi"),
         ("evaluate", lambda: search_amplification(3.0), TypeError, "evaluate"),
         ("step", lambda: search_amplification(lambda a, b: a, step=0.0), ValueError, "step"),
         ("start", lambda: search_amplification(lambda a, b: a, alpha_hi=20.0), ValueError, "alpha_hi"),

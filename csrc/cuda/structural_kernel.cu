@@ -43,11 +43,15 @@ __global__ void __launch_bounds__(kThreads) structural_kernel(scalar_t* x, int64
     const bool any = kept[0] | kept[1] | kept[2] | kept[3];
     if (vec && i0 + 4 <= n) {
       Vec4<scalar_t> v;
-      if (any) v = *reinterpret_cast<const Vec4<scalar_t>*>(x + i0);
+      if (any) {
+        v = *reinterpret_cast<const Vec4<scalar_t>*>(x + i0);
 #pragma unroll
-      for (int w = 0; w < 4; ++w)
-        v.v[w] = kept[w] ? static_cast<scalar_t>(prune_value(static_cast<acc_t>(v.v[w]), inv, true))
-                         : static_cast<scalar_t>(acc_t(0));
+        for (int w = 0; w < 4; ++w)
+          v.v[w] = static_cast<scalar_t>(prune_value(static_cast<acc_t>(v.v[w]), inv, kept[w]));
+      } else {
+#pragma unroll
+        for (int w = 0; w < 4; ++w) v.v[w] = static_cast<scalar_t>(acc_t(0));
+      }
       *reinterpret_cast<Vec4<scalar_t>*>(x + i0) = v;
       continue;
     }

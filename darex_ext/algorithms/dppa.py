@@ -286,6 +286,9 @@ def amplify(deltas: Mapping[str, torch.Tensor], parts: Partitions, alpha_hi: flo
     float32, float64 for float64 deltas, one rounding to the dtype)."""
     a_hi = _checks.real(alpha_hi, "alpha_hi")
     a_lo = _checks.real(alpha_lo, "alpha_lo")
+    missing = sorted(set(parts.hi) - set(deltas))
+    if missing:
+        raise ValueError(f"deltas has no tensor for the partitions of {missing}")
     out: dict[str, torch.Tensor] = {}
     for name, keep_hi in parts.hi.items():
         t = deltas[name].detach()
