@@ -50,7 +50,8 @@ def structural_prune_(delta: torch.Tensor, p: float, *, dim: int = 0, q=None, se
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
         raise TypeError(f"dim must be an int, got {type(dim).__name__}")
     if delta.dim() == 0:
-        raise ValueError("dim: structural pruning needs a tensor with at least one dimension, got a 0-d tensor")
+        raise ValueError("dim: structural pruning needs a tensor with at least one dimension, "
+                         "got a 0-d tensor")
     if not -delta.dim() <= int(dim) < delta.dim():
         raise ValueError(f"dim {dim} is out of range for a tensor of {delta.dim()} dimensions")
     dim = int(dim) % delta.dim()

@@ -55,7 +55,8 @@ def _expected_product(model, p, q=None, seed=0):
 def test_product_mode_merges_base_plus_pruned_update_bit_for_bit(p, q):
     model = _peft_mlp()
     expected = _expected_product(model, p, q, seed=17)
-    biases = {n: model.get_base_model().get_submodule(n).get_base_layer().bias.detach().clone() for n in ("fc1", "fc2")}
+    base = model.get_base_model()
+    biases = {n: base.get_submodule(n).get_base_layer().bias.detach().clone() for n in ("fc1", "fc2")}
     merged = prune_lora(model, p, q, seed=17)
     assert not any(isinstance(m, peft.tuners.lora.LoraLayer) for m in merged.modules())
     assert isinstance(merged, MLP)
@@ -169,9 +170,11 @@ def test_injected_plain_module_is_unloaded_in_place():
     model = inject_adapter_in_model(LoraConfig(r=2, target_modules=["fc1"], init_lora_weights=False), MLP())
     layer = model.fc1
     A, B, scaling = layer.lora_A["default"].weight, layer.lora_B["default"].weight, layer.scaling["default"]
-    expected = layer.get_base_layer().weight + darex_ext.prune_(((B @ A) * scaling).detach(), 0.5, seed=tensor_seed(4, "fc1"))
+    delta = ((B @ A) * scaling).detach()
+    expected = layer.get_base_layer().weight + darex_ext.prune_(delta, 0.5, seed=tensor_seed(4, "fc1"))
     out = prune_lora(model, 0.5, seed=4)
-    assert out is model and isinstance(out.fc1, nn.Linear) and not isinstance(out.fc1, peft.tuners.lora.LoraLayer)
+    assert out is model and isinstance(out.fc1, nn.Linear)
+    assert not isinstance(out.fc1, peft.tuners.lora.LoraLayer)
     assert torch.equal(out.fc1.weight, expected)
 
 
@@ -188,7 +191,8 @@ def test_gpt2_conv1d_fan_in_fan_out():
     layer = model.get_base_model().get_submodule(name)
     A, B, scaling = layer.lora_A["default"].weight, layer.lora_B["default"].weight, layer.scaling["default"]
     delta = ((B @ A).T * scaling).detach()  # Conv1D stores the weight as [in, out]
-    expected = layer.get_base_layer().weight.detach() + darex_ext.prune_(delta.clone(), 0.9, seed=tensor_seed(0, name))
+    expected = layer.get_base_layer().weight.detach() + darex_ext.prune_(delta.clone(), 0.9,
+                                                                         seed=tensor_seed(0, name))
     reference = copy.deepcopy(model).merge_and_unload()
     merged = prune_lora(copy.deepcopy(model), 0.9)
     assert torch.equal(merged.get_submodule(name).weight, expected)

@@ -110,8 +110,9 @@ void structural_prune_cpu(at::Tensor& delta, double p, int64_t dim, int64_t seed
         }
       });
     } else {
-      at::parallel_for(0, s.outer * s.slices, std::max<int64_t>(1, kGrain / s.inner),
-                       [&](int64_t begin, int64_t end) { run_spans<scalar_t, acc_t>(x, keep, begin, end, s, inv); });
+      at::parallel_for(0, s.outer * s.slices, std::max<int64_t>(1, kGrain / s.inner), [&](int64_t begin, int64_t end) {
+        run_spans<scalar_t, acc_t>(x, keep, begin, end, s, inv);
+      });
     }
   });
   if (!work.is_same(delta)) delta.copy_(work);

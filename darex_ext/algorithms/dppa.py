@@ -129,7 +129,8 @@ def _check_blocks(deltas: Mapping[str, torch.Tensor], blocks) -> dict[str, list[
     if blocks is None:
         blocks = group_by_block(deltas)
     if not isinstance(blocks, Mapping):
-        raise TypeError(f"blocks must be a mapping of block name -> tensor names, got {type(blocks).__name__}")
+        raise TypeError(f"blocks must be a mapping of block name -> tensor names, "
+                        f"got {type(blocks).__name__}")
     seen: set[str] = set()
     out: dict[str, list[str]] = {}
     for block, names in blocks.items():

@@ -80,7 +80,8 @@ def lora_layers(model: nn.Module, adapter: str | None = None) -> dict[str, tuple
         if a not in module.lora_A and a not in getattr(module, "lora_embedding_A", {}):
             continue
         if a in getattr(module, "lora_variant", {}) or getattr(module, "use_dora", {}).get(a, False):
-            raise ValueError(f"adapter {a!r} of {name!r} is a LoRA variant (e.g. DoRA); only plain LoRA is supported")
+            raise ValueError(f"adapter {a!r} of {name!r} is a LoRA variant (e.g. DoRA); "
+                             "only plain LoRA is supported")
         if getattr(module, "lora_bias", {}).get(a, False):
             raise ValueError(f"adapter {a!r} of {name!r} has lora_bias=True, which is not supported")
         if getattr(module, "merged", False):
