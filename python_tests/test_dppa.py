@@ -293,3 +293,23 @@ def test_outliers_are_strictly_above_the_threshold():
     res = dppa_densities(deltas, 0.5, block_outlier=1.0, module_outlier=1.0)
     assert res.O["model.layers.1.w.weight"] == pytest.approx(100 / 9)
     assert res.D["model.layers.1"] == pytest.approx(100 / 9)
+
+
+def test_dynamic_prune_on_a_gpt2_state_dict_keeps_the_target_fraction():
+    # Real HF names (transformer.h.<i>.*, Conv1D weights): equal-sized blocks, so the density
+    # moves cancel and the model keeps 1 - p of its grouped entries up to per-matrix rounding.
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=3, n_embd=32, n_head=2, vocab_size=50, n_positions=16,
+                                  bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(cfg)
+    deltas = {k: torch.randn_like(v) * (1 + 4 * (torch.rand_like(v) > 0.99))  # a few outliers
+              for k, v in model.state_dict().items() if v.is_floating_point()}
+    res = dynamic_prune_(deltas, 0.8)
+    assert set(res.D) == {"transformer.h.0", "transformer.h.1", "transformer.h.2"}
+    assert set(res.density) == {k for k, v in deltas.items() if k.startswith("transformer.h.") and v.dim() == 2}
+    assert len(set(round(d, 9) for d in res.density.values())) > 1  # the densities do move
+    total = sum(deltas[n].numel() for n in res.density)
+    kept = sum(int((deltas[n] != 0).sum()) for n in res.density)
+    assert abs(kept - 0.2 * total) <= len(res.density)
+    assert "transformer.wte.weight" not in res.density

@@ -234,3 +234,33 @@ def test_dora_is_refused():
     model = _peft_mlp(use_dora=True)
     with pytest.raises(ValueError, match="variant"):
         prune_lora(model, 0.5)
+
+
+class EmbedMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 12)
+        self.fc1 = nn.Linear(12, 5)
+
+    def forward(self, ids):
+        return self.fc1(self.emb(ids))
+
+
+@pytest.mark.parametrize("mode", ["product", "factors"])
+def test_embedding_layers(mode):
+    torch.manual_seed(0)
+    model = get_peft_model(EmbedMLP(), LoraConfig(r=3, target_modules=["emb", "fc1"],
+                                                  init_lora_weights=False))
+    emb = model.get_base_model().emb
+    A, B = emb.lora_embedding_A["default"].detach().clone(), emb.lora_embedding_B["default"].detach().clone()
+    scaling, W = emb.scaling["default"], emb.get_base_layer().weight.detach().clone()
+    if mode == "product":
+        delta = (B @ A).T * scaling  # peft stores the embedding update transposed
+        expected = W + darex_ext.prune_(delta, 0.5, seed=tensor_seed(8, "emb"))
+    else:
+        A2 = darex_ext.prune_(A.clone(), 0.5, seed=tensor_seed(8, "emb.lora_A"))
+        B2 = darex_ext.prune_(B.clone(), 0.5, seed=tensor_seed(8, "emb.lora_B"))
+        expected = W + (B2 @ A2).T * scaling
+    merged = prune_lora(model, 0.5, mode=mode, seed=8)
+    assert isinstance(merged.emb, nn.Embedding)
+    assert torch.equal(merged.emb.weight, expected)
