@@ -55,6 +55,20 @@ def test_non_contiguous(view, dtype, device):
         assert torch.equal(base[outside], untouched[outside])
 
 
+@pytest.mark.parametrize("shape,dim", [((300, 1001), 1), ((70001, 3), 0), ((5, 40003, 2), 1)], ids=str)
+def test_parallel_chunks_start_inside_rows_and_runs(shape, dim):
+    # Work is split at fixed element / run counts, not at row starts: each chunk must find its
+    # own slice index. Several threads, whatever the machine has.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        x = randn(*shape, dtype=torch.float16)
+        expected = ref.structural_prune(x, 0.5, dim, seed=13)
+        assert torch.equal(darex_ext.structural_prune_(x, 0.5, dim=dim, seed=13), expected)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_slices_follow_the_1d_keep_mask(device):
     # The documented spec: slice j is kept iff keep_mask(n_slices, p, seed)[j]; kept slices are
     # scaled by one float32 rounding of 1/q, dropped ones are exactly zero.
