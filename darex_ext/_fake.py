@@ -51,3 +51,8 @@ def _magnitude_prune_fake(delta, keep, per_row, q):
 @torch.library.register_fake("darex::wanda_prune_")
 def _wanda_prune_fake(delta, act_norm, keep, q):
     return None
+
+
+@torch.library.register_fake("darex::structural_prune_")
+def _structural_prune_fake(delta, p, dim, seed, offset, q):
+    return None

@@ -21,6 +21,7 @@ __all__ = [
     "topk_mask",
     "magnitude_prune",
     "wanda_prune",
+    "structural_prune",
 ]
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
@@ -161,3 +162,16 @@ def _keep_scaled(x: torch.Tensor, keep: torch.Tensor, q) -> torch.Tensor:
     if q is not None:
         x = (x.to(acc_dtype(x.dtype)) * inverse_q(q, x.dtype, x.device)).to(x.dtype)
     return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def structural_prune(delta: torch.Tensor, p: float, dim: int = 0, q=None, *, seed: int = 0,
+                     offset: int = 0) -> torch.Tensor:
+    """Whole slices along `dim` kept by the 1-D mask of the slice count, scaled by 1/q, out of place."""
+    q = 1.0 - p if q is None else q
+    n = delta.shape[dim]
+    keep = keep_mask((n,), p, seed, offset=offset, device=delta.device)
+    shape = [1] * delta.dim()
+    shape[dim] = n
+    acc = acc_dtype(delta.dtype)
+    scaled = (delta.to(acc) * inverse_q(q, delta.dtype, delta.device)).to(delta.dtype)
+    return torch.where(keep.reshape(shape), scaled, torch.zeros((), dtype=delta.dtype, device=delta.device))

@@ -1,0 +1,125 @@
+// CPU kernel of structural DARE: the slice flags come from the keep_mask op, then one pass over
+// delta: a vectorizable select when the slices are the last dim, else runs of `inner`
+// contiguous elements, each scaled or zeroed as a whole.
+// GCC 12's AVX-512 intrinsic headers trip -Wuninitialized (GCC bug 105593), see prune_kernel.cpp.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "../common/dare_math.h"
+#include "../ops/structural_args.h"
+#include "philox_fill.h"
+
+namespace darex::cpu {
+
+// v if keep (0 or 1), else +0.0: an AND with an all-ones or all-zeros mask of v's bits.
+template <typename acc_t>
+inline acc_t keep_or_zero(acc_t v, uint8_t keep) {
+  using bits_t = std::conditional_t<sizeof(acc_t) == 4, uint32_t, uint64_t>;
+  bits_t b;
+  std::memcpy(&b, &v, sizeof b);
+  b &= bits_t(0) - static_cast<bits_t>(keep);
+  std::memcpy(&v, &b, sizeof v);
+  return v;
+}
+
+// The element loops, compiled once per instruction set and picked at run time, as in
+// prune_kernel.cpp.
+namespace structural_base {
+#include "structural_spans.inc"
+}  // namespace structural_base
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+namespace structural_avx2 {
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#include "structural_spans.inc"
+#pragma GCC pop_options
+}  // namespace structural_avx2
+namespace structural_avx512 {
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
+#include "structural_spans.inc"
+#pragma GCC pop_options
+}  // namespace structural_avx512
+#define DAREX_STRUCTURAL_SPAN(FN, ...)                                  \
+  do {                                                                  \
+    switch (active_isa()) {                                             \
+      case Isa::kAvx512: structural_avx512::FN(__VA_ARGS__); break;     \
+      case Isa::kAvx2: structural_avx2::FN(__VA_ARGS__); break;         \
+      default: structural_base::FN(__VA_ARGS__);                        \
+    }                                                                   \
+  } while (0)
+#else
+#define DAREX_STRUCTURAL_SPAN(FN, ...) structural_base::FN(__VA_ARGS__)
+#endif
+
+namespace {
+
+constexpr int64_t kGrain = 1 << 16;  // elements per parallel task, at least
+
+// Slices not along the last dim: runs of `inner` contiguous elements share one decision; run r
+// is slice r mod slices.
+template <typename scalar_t, typename acc_t>
+void run_spans(scalar_t* x, const bool* keep, int64_t begin, int64_t end, const SliceShape& s, acc_t inv) {
+  int64_t j = begin % s.slices;  // advanced incrementally, no division per run
+  for (int64_t r = begin; r < end; ++r) {
+    scalar_t* run = x + r * s.inner;
+    if (keep[j]) {
+      DAREX_STRUCTURAL_SPAN(scale_span, run, s.inner, inv);
+    } else {
+      std::fill(run, run + s.inner, static_cast<scalar_t>(acc_t(0)));
+    }
+    if (++j == s.slices) j = 0;
+  }
+}
+
+void structural_prune_cpu(at::Tensor& delta, double p, int64_t dim, int64_t seed, int64_t offset,
+                          double q) {
+  TORCH_CHECK(delta.device().is_cpu(), "delta must be a CPU tensor");
+  const SliceShape s = check_structural_args(delta, p, dim, offset, q);
+  const int64_t n = delta.numel();
+  if (n == 0) return;
+  const at::Tensor flags = slice_keep_flags(delta, s.slices, p, seed, offset);
+  const bool* keep = flags.data_ptr<bool>();
+  const uint8_t* keep_bytes = reinterpret_cast<const uint8_t*>(keep);  // bool is one byte, 0 or 1
+  at::Tensor work = delta.is_contiguous() ? delta : delta.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_structural_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    scalar_t* x = work.data_ptr<scalar_t>();
+    const acc_t inv = inverse_q<acc_t>(static_cast<acc_t>(q));
+    if (s.inner == 1) {
+      at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end;) {
+          const int64_t j = i % s.slices;
+          const int64_t len = std::min(end - i, s.slices - j);
+          DAREX_STRUCTURAL_SPAN(select_span, x + i, keep_bytes + j, len, inv);
+          i += len;
+        }
+      });
+    } else {
+      at::parallel_for(0, s.outer * s.slices, std::max<int64_t>(1, kGrain / s.inner), [&](int64_t begin, int64_t end) {
+        run_spans<scalar_t, acc_t>(x, keep, begin, end, s, inv);
+      });
+    }
+  });
+  if (!work.is_same(delta)) delta.copy_(work);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(darex, CPU, m) { m.impl("structural_prune_", &structural_prune_cpu); }
+
+}  // namespace darex::cpu
