@@ -51,3 +51,10 @@ def _magnitude_prune_fake(delta, keep, per_row, q):
 @torch.library.register_fake("darex::wanda_prune_")
 def _wanda_prune_fake(delta, act_norm, keep, q):
     return None
+
+
+@torch.library.register_fake("darex::row_moments")
+def _row_moments_fake(delta, x, bias):
+    rows = delta.shape[0]
+    return (torch.empty((rows,), dtype=torch.float64, device=delta.device),
+            torch.empty((rows,), dtype=torch.float64, device=delta.device))

@@ -161,3 +161,14 @@ def _keep_scaled(x: torch.Tensor, keep: torch.Tensor, q) -> torch.Tensor:
     if q is not None:
         x = (x.to(acc_dtype(x.dtype)) * inverse_q(q, x.dtype, x.device)).to(x.dtype)
     return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+__all__ += ["row_moments"]
+
+
+def row_moments(delta: torch.Tensor, x: torch.Tensor, bias=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """S_i = sum_j c_ij, Q_i = sum_j c_ij^2 with c = delta * x in float64 (bias: one more column)."""
+    c = delta.to(torch.float64) * x.to(torch.float64)
+    if bias is not None:
+        c = torch.cat([c, bias.to(torch.float64).reshape(-1, 1)], dim=1)
+    return c.sum(dim=1), (c * c).sum(dim=1)
