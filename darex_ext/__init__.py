@@ -16,11 +16,13 @@ from ._version import __version__
 from .ops import dare, keep_mask, prune_
 from .seeds import tensor_seed
 from .topk import magnitude_prune_, topk_mask, topk_threshold, wanda_prune_
+from .moments import row_moments  # issue 5 part A: the fused pass of analytic q
 
 __all__ = [
     "__version__", "prune_", "dare", "keep_mask", "tensor_seed", "topk_mask", "topk_threshold",
     "magnitude_prune_", "wanda_prune_", "cuda_built", "build_info",
 ]
+__all__ += ["row_moments"]  # issue 5 part A
 
 
 def cuda_built() -> bool:

@@ -119,6 +119,20 @@ def test_analytic_q_end_to_end(method, dtype, device):
     assert analytic_layer_q(delta, x, 0.95, bias_delta=b, method=method) == pytest.approx(float(q.mean()))
 
 
+@pytest.mark.parametrize("method", ["grid", "closed_form"])
+def test_two_sided_uses_abs_s(method):
+    g = torch.Generator().manual_seed(5)
+    # |S| <= 6 keeps eta * p * |S| < ln(2 / gamma): for S < 0 the signed F then never reaches 0.
+    S = (torch.randn(50, generator=g, dtype=torch.float64) * 2).clamp(-6, 6)
+    Q = torch.rand(50, generator=g, dtype=torch.float64) * S.abs() * 0.2
+    two = q_from_moments(S, Q, 0.99, method=method, two_sided=True)
+    assert torch.equal(two, q_from_moments(S.abs(), Q, 0.99, method=method))
+    signed = q_from_moments(S, Q, 0.99, method=method, stop_iter=1.0)
+    assert torch.all(signed[S < 0] == 0.998) and not torch.all(two[S < 0] == 0.998)
+    with pytest.raises(TypeError, match="two_sided"):
+        q_from_moments(S, Q, 0.99, two_sided=1)
+
+
 def test_phi():
     assert phi(0.5) == 0.5
     assert phi(0.5 + 1e-9) == pytest.approx(0.5, abs=1e-6)

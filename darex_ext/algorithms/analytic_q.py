@@ -124,11 +124,14 @@ def _closed_form_q(S: torch.Tensor, Q: torch.Tensor, p: float, eta: float) -> to
 
 
 def q_from_moments(S: torch.Tensor, Q: torch.Tensor, p: float, *, eta: float = 0.45, prob: float = 0.95,
-                   stop_iter: float = 0.8, method: str = "grid") -> torch.Tensor:
+                   stop_iter: float = 0.8, method: str = "grid", two_sided: bool = False) -> torch.Tensor:
     """Per-row q from precomputed S and Q (see :func:`row_moments`); float64 [rows].
 
     Use it to try several eta for one layer without another pass over the delta.
+    `two_sided`: see :func:`analytic_q`.
     """
+    if not isinstance(two_sided, bool):
+        raise TypeError(f"two_sided must be a bool, got {type(two_sided).__name__}")
     p, eta, prob, stop_iter, method = _check_common(p, eta, prob, stop_iter, method)
     for t, name in ((S, "S"), (Q, "Q")):
         if not isinstance(t, torch.Tensor):
@@ -139,6 +142,8 @@ def q_from_moments(S: torch.Tensor, Q: torch.Tensor, p: float, *, eta: float = 0
         raise ValueError(f"S and Q must have the same shape and device, got {tuple(S.shape)} on {S.device} "
                          f"and {tuple(Q.shape)} on {Q.device}")
     S, Q = S.to(torch.float64), Q.to(torch.float64)
+    if two_sided:
+        S = S.abs()
     if S.numel() and not bool(torch.isfinite(S).all() & torch.isfinite(Q).all()):
         raise ValueError("the delta or the mean input holds NaN or inf: S and Q must be finite")
     if method == "grid":
@@ -148,7 +153,7 @@ def q_from_moments(S: torch.Tensor, Q: torch.Tensor, p: float, *, eta: float = 0
 
 def analytic_q(delta: torch.Tensor, x_mean: torch.Tensor, p: float, *, eta: float = 0.45, prob: float = 0.95,
                stop_iter: float = 0.8, bias_delta: torch.Tensor | None = None,
-               method: str = "grid") -> torch.Tensor:
+               method: str = "grid", two_sided: bool = False) -> torch.Tensor:
     """DAREx-q analytic rescaling per output row of a Linear (DAREx Algorithm 3).
 
     Args:
@@ -163,6 +168,12 @@ def analytic_q(delta: torch.Tensor, x_mean: torch.Tensor, p: float, *, eta: floa
             including the stop rule; see ``_grid_q``) or "closed_form" (the vertex of the
             quadratic in 1/q, clipped to [1-p, 0.998]; rows with S_i <= 0 get 0.998, rows with
             Q_i = 0 get 1-p).
+        two_sided: False (default) is the authors' formula with the signed S_i: rows with
+            S_i < 0 see F fall all the way up the grid, so they end at (or toward) q = 0.998 and
+            their delta is in effect removed. True uses |S_i| instead, the bound made symmetric
+            (the shift of the pruned row's mean, (1 - (1-p)/q) S_i, is as harmful either way):
+            not the authors' procedure, offered because deltas whose S_i are mostly negative
+            are common (see benchmarks/RESULTS.md, the DAREx reproduction).
 
     Returns:
         float32 tensor [rows] on delta's device, ready for ``darex_ext.prune_(delta, p, q=...)``.
@@ -173,7 +184,7 @@ def analytic_q(delta: torch.Tensor, x_mean: torch.Tensor, p: float, *, eta: floa
         raise ValueError(f"delta must be 2-D [out_features, in_features], got shape {tuple(delta.shape)}")
     _check_common(p, eta, prob, stop_iter, method)
     S, Q = row_moments(delta, x_mean, bias_delta)
-    q = q_from_moments(S, Q, p, eta=eta, prob=prob, stop_iter=stop_iter, method=method)
+    q = q_from_moments(S, Q, p, eta=eta, prob=prob, stop_iter=stop_iter, method=method, two_sided=two_sided)
     return q.to(torch.float32)
 
 
@@ -185,7 +196,8 @@ def analytic_layer_q(delta: torch.Tensor, x_mean: torch.Tensor, p: float, **kwar
 
 def analytic_q_for_model(finetuned: nn.Module, base: nn.Module, stats: Mapping, p: float, *,
                          eta: float = 0.45, prob: float = 0.95, stop_iter: float = 0.8,
-                         method: str = "grid", per_row: bool = True) -> dict[str, torch.Tensor | float]:
+                         method: str = "grid", per_row: bool = True,
+                         two_sided: bool = False) -> dict[str, torch.Tensor | float]:
     """Analytic q for every nn.Linear of `finetuned` that has input statistics.
 
     Args:
@@ -193,6 +205,7 @@ def analytic_q_for_model(finetuned: nn.Module, base: nn.Module, stats: Mapping, 
         stats: ``collect_input_stats(finetuned or base, batches)`` (module name -> stats with
             ``.mean``).
         per_row: True gives the per-row tensor, False the layer mean (a float).
+        eta, prob, stop_iter, method, two_sided: as :func:`analytic_q`.
 
     Returns:
         parameter name -> q for the weight and, when present, the bias of each Linear (the bias
@@ -211,7 +224,7 @@ def analytic_q_for_model(finetuned: nn.Module, base: nn.Module, stats: Mapping, 
             d_b = module.bias - other.bias if module.bias is not None and other.bias is not None else None
             x_mean = stats[name].mean.to(d_w.device)
             q = analytic_q(d_w, x_mean, p, eta=eta, prob=prob, stop_iter=stop_iter, bias_delta=d_b,
-                           method=method)
+                           method=method, two_sided=two_sided)
         value: torch.Tensor | float = q if per_row else (float(q.mean()) if q.numel() else 1.0 - p)
         prefix = f"{name}." if name else ""
         out[prefix + "weight"] = value
