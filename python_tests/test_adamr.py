@@ -144,3 +144,9 @@ def test_bad_arguments():
         AdamR(p, [torch.zeros(2)], weight_decay=-0.1)
     with pytest.raises(TypeError, match="l1"):
         AdamR(p, [torch.zeros(2)], l1=1)
+    opt = AdamR(p, [torch.zeros(2)])
+    extra = torch.zeros(3, requires_grad=True)
+    opt.add_param_group({"params": [extra]})
+    extra.grad = torch.ones(3)
+    with pytest.raises(ValueError, match="no pretrained"):
+        opt.step()

@@ -124,7 +124,33 @@ def test_output_change_topk_logits():
     pr = LM(torch.tensor([1.0, 2.0, 0.0, 0.0]))
     # top-2 of the reference logits are tokens 1 and 3: changes 2 and 0 -> MSE 2.
     assert output_change(LM(torch.zeros(4)), pr, [x], top_k=2) == pytest.approx(2.0)
-    assert output_change(LM(torch.zeros(4)), pr, [x]) == pytest.approx(0.75)  # mean |change| of logits
+    assert output_change(LM(torch.zeros(4)), pr, [x], top_k=None) == pytest.approx(0.75)  # mean |change|
+    assert output_change(LM(torch.zeros(4)), pr, [x]) == pytest.approx(5 / 4)  # default k = 10 -> all 4
+
+
+def test_on_a_tiny_llama():
+    transformers = pytest.importorskip("transformers")
+    from darex_ext.algorithms import analytic_q_for_model, collect_input_stats
+
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16)
+    torch.manual_seed(0)
+    base = transformers.LlamaForCausalLM(cfg).eval()
+    ft = transformers.LlamaForCausalLM(cfg).eval()
+    ft.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        for p in ft.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    batches = [{"input_ids": torch.randint(0, 64, (2, 8))}]
+    stats = collect_input_stats(ft, batches)
+    assert "model.layers.0.mlp.down_proj" in stats and stats["model.layers.0.mlp.down_proj"].mean.shape == (48,)
+    qs = analytic_q_for_model(ft, base, stats, 0.9, two_sided=True)
+    assert qs["model.layers.0.self_attn.q_proj.weight"].shape == (32,)
+    change = output_change(ft, lambda s: dare_model(ft, base, 0.9, qs, seed=s), batches, seeds=(0, 1))
+    assert change > 0
+    objective = output_change_objective(ft, base, batches, 0.9, seeds=(0,))
+    r = find_q(objective, 0.1, 1.0, 0.3, maximize=False)
+    assert 0.1 <= r.best <= 1.0 and len(r.history) >= 4
 
 
 def test_output_change_objective_in_find_q():

@@ -8,7 +8,11 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <algorithm>
+#include <cstring>
 #include <optional>
 #include <tuple>
 

@@ -100,7 +100,11 @@ class AdamR(torch.optim.Optimizer):
             b["v"].append(state["exp_avg_sq"])
             if group["amsgrad"]:
                 b["vmax"].append(state["max_exp_avg_sq"])
-            b["pre"].append(self._pretrained[p])
+            pre = self._pretrained.get(p)
+            if pre is None:
+                raise ValueError("a parameter added after construction (add_param_group) has no pretrained "
+                                 "tensor; build AdamR with all parameters and their pretrained values")
+            b["pre"].append(pre)
             b["t"].append(state["step"])
         return out
 
@@ -140,6 +144,7 @@ class AdamR(torch.optim.Optimizer):
             pull = lr * lam / s
             if pull != 0.0:
                 if group["l1"]:
+                    # sign() needs the difference materialized: one temporary per step (L1 only).
                     direction = torch._foreach_sub(b["p"], b["pre"])
                     torch._foreach_sign_(direction)
                     torch._foreach_add_(b["p"], direction, alpha=-pull)

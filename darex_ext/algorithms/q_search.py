@@ -182,13 +182,13 @@ def _last_hidden(out) -> torch.Tensor:
 
 
 def output_change(finetuned: nn.Module, pruned: nn.Module | Callable[[int], nn.Module], batches: Iterable, *,
-                  seeds: Sequence[int] = (0, 1, 2), top_k: int | None = None) -> float:
+                  seeds: Sequence[int] = (0, 1, 2), top_k: int | None = 10) -> float:
     """How far pruning moves the model's outputs: the unlabeled objective of DAREx-q (minimize it).
 
     Per batch, the mean absolute difference of the last hidden states (the output tensor, or
-    ``last_hidden_state`` / ``hidden_states[-1]`` / ``logits`` of a model output); with
-    ``top_k`` and outputs that have ``logits`` (causal LMs), the MSE of the logits at the
-    fine-tuned model's top-k tokens instead. Averaged over batches and over mask seeds.
+    ``last_hidden_state`` / ``hidden_states[-1]`` / ``logits`` of a model output); for outputs
+    that have ``logits`` (causal LMs), the MSE of the logits at the fine-tuned model's top-k
+    tokens instead, unless ``top_k=None``. Averaged over batches and over mask seeds.
 
     Args:
         finetuned: the reference model.
@@ -196,7 +196,8 @@ def output_change(finetuned: nn.Module, pruned: nn.Module | Callable[[int], nn.M
             dare_model(ft, base, p, q, seed=s)``), called once per seed in `seeds`.
         batches: a re-iterable of inputs (a list), passed as in ``call_model``.
         seeds: mask seeds to average over (ignored when `pruned` is a model).
-        top_k: None, or k for the logit MSE of causal LMs.
+        top_k: k of the logit MSE for outputs with ``logits`` (default 10); None compares the
+            last hidden state (or the logits) by mean absolute change instead.
     """
     batches = list(batches)
     if not batches:
@@ -229,7 +230,7 @@ def output_change(finetuned: nn.Module, pruned: nn.Module | Callable[[int], nn.M
 
 
 def output_change_objective(finetuned: nn.Module, base: nn.Module, batches: Iterable, p: float, *,
-                            seeds: Sequence[int] = (0, 1, 2), top_k: int | None = None,
+                            seeds: Sequence[int] = (0, 1, 2), top_k: int | None = 10,
                             include: Callable[[str], bool] | None = None) -> Callable[[float], float]:
     """q -> :func:`output_change` of the DARE-pruned model at rescale q, for ``find_q(...,
     maximize=False)``. One working copy of the model is made up front and overwritten for every
