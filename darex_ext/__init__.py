@@ -17,12 +17,12 @@ from .ops import dare, keep_mask, prune_
 from .seeds import tensor_seed
 from .topk import magnitude_prune_, topk_mask, topk_threshold, wanda_prune_
 from .structural import structural_prune_
+from .moments import row_moments
 
 __all__ = [
     "__version__", "prune_", "dare", "keep_mask", "tensor_seed", "topk_mask", "topk_threshold",
-    "magnitude_prune_", "wanda_prune_", "cuda_built", "build_info",
+    "magnitude_prune_", "wanda_prune_", "structural_prune_", "row_moments", "cuda_built", "build_info",
 ]
-__all__ += ["structural_prune_"]
 
 
 def cuda_built() -> bool:

@@ -56,3 +56,10 @@ def _wanda_prune_fake(delta, act_norm, keep, q):
 @torch.library.register_fake("darex::structural_prune_")
 def _structural_prune_fake(delta, p, dim, seed, offset, q):
     return None
+
+
+@torch.library.register_fake("darex::row_moments")
+def _row_moments_fake(delta, x, bias):
+    rows = delta.shape[0]
+    return (torch.empty((rows,), dtype=torch.float64, device=delta.device),
+            torch.empty((rows,), dtype=torch.float64, device=delta.device))

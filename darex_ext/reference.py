@@ -175,3 +175,14 @@ def structural_prune(delta: torch.Tensor, p: float, dim: int = 0, q=None, *, see
     acc = acc_dtype(delta.dtype)
     scaled = (delta.to(acc) * inverse_q(q, delta.dtype, delta.device)).to(delta.dtype)
     return torch.where(keep.reshape(shape), scaled, torch.zeros((), dtype=delta.dtype, device=delta.device))
+
+
+__all__ += ["row_moments"]
+
+
+def row_moments(delta: torch.Tensor, x: torch.Tensor, bias=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """S_i = sum_j c_ij, Q_i = sum_j c_ij^2 with c = delta * x in float64 (bias: one more column)."""
+    c = delta.to(torch.float64) * x.to(torch.float64)
+    if bias is not None:
+        c = torch.cat([c, bias.to(torch.float64).reshape(-1, 1)], dim=1)
+    return c.sum(dim=1), (c * c).sum(dim=1)

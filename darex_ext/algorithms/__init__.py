@@ -1,13 +1,29 @@
 """darex_ext.algorithms: the DARE / DAREx / DPPA algorithms as documented functions.
 
-Heavy loops run in the darex kernels; these modules choose what to prune and how much.
+Heavy loops run in the darex kernels; these modules choose what to prune and how much
+(DESIGN.md layers: they call the ops, never the reverse).
 """
 
 from __future__ import annotations
 
 __all__: list[str] = []
 
-# Structural DPP, DPPA and LoRA (issue 5, part B).
+# -- DAREx-q, AdamR and method choice (issue 5, part A) --
+from .adamr import AdamR  # noqa: E402
+from .analytic_q import analytic_layer_q, analytic_q, analytic_q_for_model, phi, q_from_moments  # noqa: E402
+from .input_stats import InputStats, call_model, collect_input_stats  # noqa: E402
+from .q_search import QSearch, dare_model, find_q, output_change, output_change_objective  # noqa: E402
+from .recommend import DeltaStats, Recommendation, TensorStats, delta_stats, recommend  # noqa: E402
+
+__all__ += [
+    "analytic_q", "analytic_layer_q", "analytic_q_for_model", "q_from_moments", "phi",
+    "InputStats", "collect_input_stats", "call_model",
+    "find_q", "QSearch", "output_change", "output_change_objective", "dare_model",
+    "AdamR",
+    "recommend", "Recommendation", "delta_stats", "DeltaStats", "TensorStats",
+]
+
+# -- Structural DPP, DPPA and LoRA (issue 5, part B) --
 from ..structural import structural_prune_  # noqa: E402
 from .dppa import (  # noqa: E402
     AmplificationSearch,
