@@ -31,7 +31,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_pack_cpu(const at::Tensor& de
       for (int64_t r = r0; r < r1; ++r) {
         const scalar_t* row = src + r * v.cols;
         int64_t c = 0;
-        for (int64_t j = 0; j < v.cols; ++j) c += static_cast<float>(row[j]) != 0.0f;
+        for (int64_t j = 0; j < v.cols; ++j) c += is_nonzero(row[j]);
         counts[r] = c;
       }
     });
@@ -49,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_pack_cpu(const at::Tensor& de
           const scalar_t* row = src + r * v.cols;
           int64_t k = cr[r];
           for (int64_t j = 0; j < v.cols; ++j) {
-            if (static_cast<float>(row[j]) != 0.0f) {
+            if (is_nonzero(row[j])) {
               ci[k] = static_cast<index_t>(j);
               dst[k++] = row[j];
             }

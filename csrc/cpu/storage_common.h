@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "../common/bitpack.h"
@@ -48,16 +49,47 @@ inline KeepPlan plan_keep(uint64_t seed, uint64_t offset, int64_t n, uint32_t th
   return plan;
 }
 
-// f(element, value_index) for every kept element of chunk c, in order.
-template <typename F>
-inline void for_each_kept_in_chunk(const KeepPlan& plan, int64_t c, const F& f) {
+// Words of mask bits this far ahead get their destination cache lines prefetched: a sparse
+// scatter is bound by the latency of scattered read-modify-writes, not by bandwidth, unless
+// several lines are in flight at once.
+constexpr int64_t kPrefetchWords = 8;
+
+// Prefetches (for writing) the cache lines of `dst` holding the elements flagged in mask word
+// `m` whose element 0 is `first`.
+template <typename T>
+inline void prefetch_flagged(const T* dst, int64_t first, uint64_t m) {
+  uintptr_t last_line = ~uintptr_t(0);
+  for_each_set_bit(m, [&](int j) {
+    const T* p = dst + first + j;
+    const uintptr_t line = reinterpret_cast<uintptr_t>(p) >> 6;
+    if (line != last_line) {
+      __builtin_prefetch(p, 1, 3);
+      last_line = line;
+    }
+  });
+}
+
+// f(element, value_index) for every kept element of chunk c, in order; the destination `dst`
+// is prefetched kPrefetchWords words ahead.
+template <typename T, typename F>
+inline void for_each_kept_in_chunk(const KeepPlan& plan, int64_t c, const T* dst, const F& f) {
   const int64_t s = c * kStorageChunk;
   const int64_t e = std::min(plan.n, s + kStorageChunk);
   int64_t k = plan.starts[static_cast<size_t>(c)];
-  for (int64_t w = s / 64; w < (e + 63) / 64; ++w) {
+  const int64_t w_end = (e + 63) / 64;
+  for (int64_t w = s / 64; w < w_end; ++w) {
+    if (w + kPrefetchWords < w_end)
+      prefetch_flagged(dst, (w + kPrefetchWords) * 64, plan.bits[static_cast<size_t>(w + kPrefetchWords)]);
     const int64_t base = w * 64;
     for_each_set_bit(plan.bits[static_cast<size_t>(w)], [&](int j) { f(base + j, k++); });
   }
+}
+
+// x != 0 in the accumulation type (a tiny float64 is not zero; -0.0 and +0.0 are both zero).
+template <typename scalar_t>
+inline bool is_nonzero(scalar_t x) {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  return static_cast<acc_t>(x) != acc_t(0);
 }
 
 // Rows per parallel task so each task covers about kStorageGrain elements.
