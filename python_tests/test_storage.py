@@ -406,3 +406,36 @@ def test_cpu_isa_paths_agree_bit_for_bit():
         assert proc.returncode == 0, proc.stderr[-2000:]
         digests.append(proc.stdout.strip())
     assert len(set(digests)) == 1, digests
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_many_chunks_add_and_decode_thread_independent(fmt):
+    # Several parallel chunks / row groups, rows not aligned to chunks, odd column count; the
+    # bytes must not depend on the thread count.
+    x = randn(701, 513, dtype=torch.bfloat16)
+    base = randn(701, 513, dtype=torch.bfloat16)
+    sd = compress_dare(x, 0.9, 0.3, seed=12, format=fmt)
+    old = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, max(2, old)):
+            torch.set_num_threads(threads)
+            results.append((sd.to_dense(), sd.add_to_(base.clone(), 0.5)))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    expected = darex_ext.prune_(x.clone(), 0.9, 0.3, seed=12)
+    assert torch.equal(results[0][0], expected)
+    mask = ref.keep_mask(x.shape, 0.9, 12) if fmt == "seeded" else expected != 0
+    assert torch.equal(results[0][1], ref._accumulate(base, mask, expected, 0.5))
+
+
+def test_add_to_keeps_dropped_entries_bit_exact():
+    # Dropped positions are not touched at all: -0.0 and NaN in base survive there.
+    x = randn(3, 100)
+    sd = compress_dare(x, 0.9, seed=2)
+    mask = ref.keep_mask(x.shape, 0.9, 2)
+    base = torch.full((3, 100), -0.0)
+    base[0, ::7] = float("nan")
+    out = sd.add_to_(base.clone())
+    assert torch.equal(out[~mask].view(torch.int32), base[~mask].view(torch.int32))

@@ -17,36 +17,6 @@
 namespace darex::cpu {
 namespace {
 
-// Packs row `x` (cols values) into `bits`; returns its nonzero count.
-template <typename scalar_t>
-int64_t pack_row(const scalar_t* x, int64_t cols, uint8_t* bits) {
-  int64_t count = 0;
-  int64_t c = 0;
-  for (; c + 64 <= cols; c += 64) {
-    uint64_t m = 0;
-    for (int j = 0; j < 64; ++j) m |= static_cast<uint64_t>(is_nonzero(x[c + j])) << j;
-    std::memcpy(bits + c / 8, &m, 8);
-    count += popcount64(m);
-  }
-  for (; c < cols; c += 8) {
-    uint8_t b = 0;
-    for (int j = 0; j < 8 && c + j < cols; ++j)
-      b |= static_cast<uint8_t>(static_cast<uint8_t>(is_nonzero(x[c + j])) << j);
-    bits[c / 8] = b;
-    count += popcount64(b);
-  }
-  return count;
-}
-
-// f(column) for every set bit of one packed row, in column order.
-template <typename F>
-inline void for_each_set_column(const uint8_t* bits, int64_t row_bytes, const F& f) {
-  for (int64_t b = 0; b < row_bytes; b += 8) {
-    const int64_t base = b * 8;
-    for_each_set_bit(load_bits(bits + b, row_bytes - b), [&](int j) { f(base + j); });
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bitmask_pack_cpu(const at::Tensor& dense) {
   TORCH_CHECK(dense.device().is_cpu(), "dense must be a CPU tensor");
   check_values_tensor(dense, "dense");
@@ -62,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bitmask_pack_cpu(const at::Tensor
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     std::vector<int64_t> counts(static_cast<size_t>(v.rows));
     at::parallel_for(0, v.rows, row_grain(v.cols), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) counts[r] = pack_row(src + r * v.cols, v.cols, bm + r * bpr);
+      for (int64_t r = r0; r < r1; ++r) counts[r] = pack_nonzero_row(src + r * v.cols, v.cols, bm + r * bpr);
     });
     int64_t total = 0;
     for (int64_t r = 0; r < v.rows; ++r) {

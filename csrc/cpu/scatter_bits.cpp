@@ -139,8 +139,13 @@ DAREX_AVX512 int64_t scatter_f32(const uint8_t* bits, int64_t nbits, const float
       const __m512 v = _mm512_maskz_expand_ps(mk, _mm512_maskz_loadu_ps(live16(c), s));
       s += c;
       if (accumulate) {
-        const __m512 b = _mm512_maskz_loadu_ps(mk, d);
-        _mm512_mask_storeu_ps(d, mk, _mm512_add_ps(b, _mm512_mul_ps(a, v)));
+        if (lo + 16 * g + 16 <= nbits) {
+          const __m512 b = _mm512_loadu_ps(d);
+          _mm512_storeu_ps(d, _mm512_mask_blend_ps(mk, b, _mm512_add_ps(b, _mm512_mul_ps(a, v))));
+        } else {
+          const __m512 b = _mm512_maskz_loadu_ps(mk, d);
+          _mm512_mask_storeu_ps(d, mk, _mm512_add_ps(b, _mm512_mul_ps(a, v)));
+        }
       } else {
         _mm512_mask_storeu_ps(d, live16(nbits - lo - 16 * g), v);
       }
@@ -168,8 +173,15 @@ DAREX_AVX512 int64_t scatter_bf16(const uint8_t* bits, int64_t nbits, const c10:
       s += c;
       const __m512 v = _mm512_maskz_expand_ps(mk, bf16_to_ps(raw));
       if (accumulate) {
-        const __m512 b = bf16_to_ps(_mm256_maskz_loadu_epi16(mk, d));
-        _mm256_mask_storeu_epi16(d, mk, ps_to_bf16(_mm512_add_ps(b, _mm512_mul_ps(a, v))));
+        if (lo + 16 * g + 16 <= nbits) {
+          // Whole group in range: plain load / store, unflagged lanes rewritten with their own bits.
+          const __m256i braw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d));
+          const __m256i sum = ps_to_bf16(_mm512_add_ps(bf16_to_ps(braw), _mm512_mul_ps(a, v)));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm256_mask_blend_epi16(mk, braw, sum));
+        } else {
+          const __m512 b = bf16_to_ps(_mm256_maskz_loadu_epi16(mk, d));
+          _mm256_mask_storeu_epi16(d, mk, ps_to_bf16(_mm512_add_ps(b, _mm512_mul_ps(a, v))));
+        }
       } else {
         // v holds bf16 values widened exactly: narrowing is a shift, no rounding.
         const __m256i h = low_halves(_mm512_srli_epi32(_mm512_castps_si512(v), 16));
