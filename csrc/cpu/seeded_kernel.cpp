@@ -61,7 +61,7 @@ at::Tensor keep_count_cpu(const at::Tensor& like, double p, int64_t seed, int64_
     std::vector<uint64_t> scratch(static_cast<size_t>(kStorageChunk / 64));
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t s = c * kStorageChunk;
-      counts[c] = keep_bits(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset + s),
+      counts[c] = keep_bits(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + static_cast<uint64_t>(s),
                             std::min(kStorageChunk, n - s), thr, scratch.data());
     }
   });
