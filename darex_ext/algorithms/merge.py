@@ -204,4 +204,4 @@ def merge_tensor(base: torch.Tensor, finetuned: Sequence[torch.Tensor], method: 
         seeds = [merge_seed(seed, i, name) for i in range(len(deltas))]
         fn = dare_ties if method == "dare-ties" else dare_linear
         mixed = fn(deltas, weights, p=p, seeds=seeds, q=q, rescale=rescale, lam=lam, normalize=norm)
-    return base_acc.add_(mixed).to(base.dtype)
+    return (base_acc + mixed).to(base.dtype)  # never in place: base is the caller's
