@@ -31,3 +31,7 @@ def cuda_built() -> bool:
 def build_info() -> dict:
     """Versions and features the extension was built with (torch version, CUDA, CPU ISA)."""
     return dict(_loader._C.build_info())
+
+# Sparse delta storage (issue 4): darex_ext.storage.{compress, compress_dare, SparseDelta, save, load}
+from . import storage  # noqa: E402
+__all__ += ["storage"]

@@ -161,3 +161,95 @@ def _keep_scaled(x: torch.Tensor, keep: torch.Tensor, q) -> torch.Tensor:
     if q is not None:
         x = (x.to(acc_dtype(x.dtype)) * inverse_q(q, x.dtype, x.device)).to(x.dtype)
     return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+# ---- storage (darex_ext.storage): the formats written out with plain tensor ops.
+__all__ += ["row_view_2d", "seeded_pack", "keep_count", "seeded_scatter", "bitmask_pack",
+            "bitmask_unpack", "bitmask_scatter", "csr_pack", "csr_scatter"]
+
+
+def row_view_2d(t: torch.Tensor) -> torch.Tensor:
+    """The 2-D view of the storage formats: rows = dim 0, the rest flattened; 0-d/1-d: one row."""
+    if t.dim() <= 1:
+        return t.reshape(1, -1)
+    return t.reshape(t.shape[0], -1) if t.shape[0] else t.reshape(0, int(torch.Size(t.shape[1:]).numel()))
+
+
+def seeded_pack(delta: torch.Tensor, p: float, q=None, *, seed: int = 0, offset: int = 0) -> torch.Tensor:
+    """Kept entries of prune(delta, p, q) in flat order."""
+    mask = keep_mask(delta.shape, p, seed, offset=offset, device=delta.device)
+    return prune(delta, p, q, seed=seed, offset=offset)[mask]
+
+
+def keep_count(numel: int, p: float, seed: int, *, offset: int = 0) -> int:
+    return int(keep_mask((numel,), p, seed, offset=offset).sum())
+
+
+def _accumulate(out: torch.Tensor, mask: torch.Tensor, dense: torch.Tensor, alpha: float) -> torch.Tensor:
+    # round(out + alpha * v) in the accumulation dtype at kept positions; the rest unchanged.
+    acc = acc_dtype(out.dtype)
+    a = torch.tensor(alpha, dtype=acc, device=out.device)
+    summed = (out.to(acc) + a * dense.to(acc)).to(out.dtype)
+    return torch.where(mask, summed, out)
+
+
+def seeded_scatter(out: torch.Tensor, values: torch.Tensor, p: float, *, seed: int = 0, offset: int = 0,
+                   alpha: float = 1.0, accumulate: bool = False) -> torch.Tensor:
+    """Out of place: the decoded tensor (accumulate=False) or out + alpha * delta."""
+    mask = keep_mask(out.shape, p, seed, offset=offset, device=out.device)
+    dense = torch.zeros_like(out)
+    dense[mask] = values
+    return _accumulate(out, mask, dense, alpha) if accumulate else dense
+
+
+def bitmask_pack(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(values, bitmask, row_offsets) as compressed-tensors builds them, in torch."""
+    view = row_view_2d(dense)
+    rows, cols = view.shape
+    mask = view != 0
+    bpr = (cols + 7) // 8
+    padded = torch.zeros((rows, bpr * 8), dtype=torch.int64, device=dense.device)
+    padded[:, :cols] = mask.to(torch.int64)
+    weights = torch.tensor([1 << j for j in range(8)], dtype=torch.int64, device=dense.device)
+    bitmask = (padded.reshape(rows, bpr, 8) * weights).sum(-1).to(torch.uint8)
+    counts = mask.sum(1)
+    return view[mask], bitmask, torch.cumsum(counts, 0) - counts
+
+
+def bitmask_unpack(bitmask: torch.Tensor, cols: int) -> torch.Tensor:
+    rows, bpr = bitmask.shape
+    bits = (bitmask.to(torch.int64).unsqueeze(-1) >> torch.arange(8, device=bitmask.device)) & 1
+    return bits.reshape(rows, bpr * 8)[:, :cols].bool()
+
+
+def bitmask_scatter(out: torch.Tensor, values: torch.Tensor, bitmask: torch.Tensor, *,
+                    alpha: float = 1.0, accumulate: bool = False) -> torch.Tensor:
+    view = row_view_2d(out)
+    mask = bitmask_unpack(bitmask, view.shape[1])
+    dense = torch.zeros_like(view)
+    dense[mask] = values
+    res = _accumulate(view, mask, dense, alpha) if accumulate else dense
+    return res.reshape(out.shape)
+
+
+def csr_pack(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    view = row_view_2d(dense)
+    rows, cols = view.shape
+    mask = view != 0
+    idx = mask.nonzero()
+    counts = mask.sum(1)
+    crow = torch.cat([torch.zeros(1, dtype=torch.int64, device=dense.device), torch.cumsum(counts, 0)])
+    col_dtype = torch.uint8 if cols <= 256 else torch.uint16 if cols <= 65536 else torch.uint32
+    return crow, idx[:, 1].to(col_dtype), view[mask]
+
+
+def csr_scatter(out: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, *,
+                alpha: float = 1.0, accumulate: bool = False) -> torch.Tensor:
+    view = row_view_2d(out)
+    rows = torch.repeat_interleave(torch.arange(view.shape[0], device=out.device), crow.diff())
+    mask = torch.zeros(view.shape, dtype=torch.bool, device=out.device)
+    mask[rows, col.to(torch.int64)] = True
+    dense = torch.zeros_like(view)
+    dense[rows, col.to(torch.int64)] = values
+    res = _accumulate(view, mask, dense, alpha) if accumulate else dense
+    return res.reshape(out.shape)

@@ -1,0 +1,121 @@
+// CPU kernels of the seeded storage format: the mask is regenerated from (seed, p, offset), so
+// only kept values are stored. Pass 1 packs the keep mask into bits with per-chunk counts
+// (Philox only, no data reads); pass 2 compacts (pack) or scatters (decode / add) chunk by
+// chunk at the prefix-summed positions. The mask is generated once per call.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <torch/library.h>
+
+#include "../common/dare_math.h"
+#include "../ops/storage_args.h"
+#include "storage_common.h"
+
+namespace darex::cpu {
+namespace {
+
+at::Tensor seeded_pack_cpu(const at::Tensor& delta, double p, int64_t seed, int64_t offset,
+                           const std::optional<at::Tensor>& q_rows, double q) {
+  TORCH_CHECK(delta.device().is_cpu(), "delta must be a CPU tensor");
+  const int64_t row_len = check_prune_args(delta, p, offset, q_rows, q);
+  const int64_t n = delta.numel();
+  if (n == 0) return at::empty({0}, delta.options());
+  const at::Tensor x = delta.contiguous();
+  const KeepPlan plan = plan_keep(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
+                                  drop_threshold(p));
+  at::Tensor values = at::empty({plan.total()}, delta.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_seeded_pack_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const scalar_t* src = x.const_data_ptr<scalar_t>();
+    scalar_t* dst = values.data_ptr<scalar_t>();
+    const acc_t* qr = q_rows ? q_rows->const_data_ptr<acc_t>() : nullptr;
+    const acc_t inv_scalar = inverse_q<acc_t>(static_cast<acc_t>(q));
+    at::parallel_for(0, plan.chunks(), 1, [&](int64_t c0, int64_t c1) {
+      int64_t row = -1;
+      acc_t inv = inv_scalar;
+      for (int64_t c = c0; c < c1; ++c) {
+        for_each_kept_in_chunk(plan, c, [&](int64_t e, int64_t k) {
+          if (qr != nullptr && e / row_len != row) {  // rows change rarely: one division each
+            row = e / row_len;
+            inv = inverse_q<acc_t>(qr[row]);
+          }
+          dst[k] = static_cast<scalar_t>(prune_value(static_cast<acc_t>(src[e]), inv, true));
+        });
+      }
+    });
+  });
+  return values;
+}
+
+at::Tensor keep_count_cpu(const at::Tensor& like, double p, int64_t seed, int64_t offset) {
+  check_p(p);
+  check_offset(offset);
+  const int64_t n = like.numel();
+  const uint32_t thr = drop_threshold(p);
+  const int64_t chunks = (n + kStorageChunk - 1) / kStorageChunk;
+  std::vector<int64_t> counts(static_cast<size_t>(chunks), 0);
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<uint64_t> scratch(static_cast<size_t>(kStorageChunk / 64));
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t s = c * kStorageChunk;
+      counts[c] = keep_bits(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset + s),
+                            std::min(kStorageChunk, n - s), thr, scratch.data());
+    }
+  });
+  int64_t total = 0;
+  for (int64_t c : counts) total += c;
+  return at::scalar_tensor(total, like.options().dtype(at::kLong));
+}
+
+// out[e] = v (decode) or out[e] = round(out[e] + alpha * v) in the accumulation type (add).
+template <typename scalar_t, typename acc_t>
+inline void put(scalar_t* out, int64_t e, scalar_t v, acc_t alpha, bool accumulate) {
+  out[e] = accumulate
+               ? static_cast<scalar_t>(acc_add(static_cast<acc_t>(out[e]), acc_mul(alpha, static_cast<acc_t>(v))))
+               : v;
+}
+
+void seeded_scatter_cpu(at::Tensor& out, const at::Tensor& values, double p, int64_t seed,
+                        int64_t offset, double alpha, bool accumulate) {
+  TORCH_CHECK(out.device().is_cpu(), "out must be a CPU tensor");
+  check_values_for(out, values);
+  check_p(p);
+  check_offset(offset);
+  check_scatter_scalars(alpha);
+  const int64_t n = out.numel();
+  const KeepPlan plan = plan_keep(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
+                                  drop_threshold(p));
+  TORCH_CHECK_VALUE(plan.total() == values.numel(), "values has ", values.numel(),
+                    " entries but the seeded mask (p=", p, ") keeps ", plan.total(), " of ", n);
+  if (n == 0) return;
+  const at::Tensor v = values.contiguous();
+  at::Tensor work = out.is_contiguous() ? out : out.contiguous();
+  if (!accumulate) work.zero_();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_seeded_scatter_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const scalar_t* src = v.const_data_ptr<scalar_t>();
+    scalar_t* dst = work.data_ptr<scalar_t>();
+    const acc_t a = static_cast<acc_t>(alpha);
+    at::parallel_for(0, plan.chunks(), 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        if (accumulate) {
+          for_each_kept_in_chunk(plan, c, [&](int64_t e, int64_t k) { put<scalar_t, acc_t>(dst, e, src[k], a, true); });
+        } else {
+          for_each_kept_in_chunk(plan, c, [&](int64_t e, int64_t k) { dst[e] = src[k]; });
+        }
+      }
+    });
+  });
+  if (!work.is_same(out)) out.copy_(work);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(darex, CPU, m) {
+  m.impl("seeded_pack", &seeded_pack_cpu);
+  m.impl("keep_count", &keep_count_cpu);
+  m.impl("seeded_scatter_", &seeded_scatter_cpu);
+}
+
+}  // namespace darex::cpu

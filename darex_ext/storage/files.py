@@ -1,0 +1,193 @@
+"""save / load: sparse deltas in one safetensors file that plain safetensors can open.
+
+Layout: per delta `<name>.<key>` tensors (formats.FILE_KEYS), and the header's __metadata__:
+
+- ``darex_ext.format_version``: "1" (a loader refuses any other),
+- ``darex_ext.version``: the writer's darex_ext version,
+- ``darex_ext.tensors``: JSON {name: {"format", "dtype", "shape", "p", "q", "seed", "offset",
+  "method"}},
+- the caller's own string metadata (keys must not start with "darex_ext.").
+
+Writes are atomic (temporary sibling, fsync, rename). Loading is lazy: the file is memory
+mapped by safetensors and each delta is read and validated when it is looked up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+
+import torch
+
+from .._atomic import atomic_file
+from .._version import __version__
+from ._validate import check_shape, label
+from .errors import FormatError
+from .formats import DTYPE_NAMES, DTYPES_BY_NAME, FILE_KEYS, FORMAT_VERSION, FORMATS
+from .sparse_delta import SparseDelta
+
+__all__ = ["save", "load", "DeltaFile", "KEY_VERSION", "KEY_WRITER", "KEY_TENSORS"]
+
+KEY_VERSION = "darex_ext.format_version"
+KEY_WRITER = "darex_ext.version"
+KEY_TENSORS = "darex_ext.tensors"
+_RESERVED = "darex_ext."
+
+
+def _file_tensors(name: str, sd: SparseDelta) -> dict[str, torch.Tensor]:
+    pl = {k: v.detach().cpu().contiguous() for k, v in sd.payload.items()}
+    if sd.format == "bitmask":
+        pl["shape"] = torch.tensor(sd.shape, dtype=torch.int64).reshape(len(sd.shape))
+    return {f"{name}.{k}": pl[k] for k in FILE_KEYS[sd.format]}
+
+
+def save(path: str | os.PathLike, deltas: Mapping[str, SparseDelta],
+         metadata: Mapping[str, str] | None = None) -> None:
+    """Write `deltas` to a safetensors file at `path`, atomically.
+
+    Args:
+        path: destination; an existing file is replaced only once the new one is complete.
+        deltas: {name: SparseDelta}; names are non-empty strings (tensor `<name>.<key>`).
+        metadata: extra string -> string entries for the header (not "darex_ext."-prefixed).
+    """
+    from safetensors.torch import save_file
+
+    if not isinstance(deltas, Mapping):
+        raise TypeError(f"deltas must be a mapping of name -> SparseDelta, got {type(deltas).__name__}")
+    header = {KEY_VERSION: FORMAT_VERSION, KEY_WRITER: __version__}
+    for k, v in (metadata or {}).items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"metadata must map str to str, got {k!r}: {type(v).__name__}")
+        if k.startswith(_RESERVED):
+            raise ValueError(f"metadata key {k!r} is reserved (prefix {_RESERVED!r})")
+        header[k] = v
+    index, tensors = {}, {}
+    for name, sd in deltas.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"delta names must be non-empty strings, got {name!r}")
+        if not isinstance(sd, SparseDelta):
+            raise TypeError(f"deltas[{name!r}] must be a SparseDelta, got {type(sd).__name__}")
+        index[name] = {"format": sd.format, "dtype": DTYPE_NAMES[sd.dtype], "shape": list(sd.shape),
+                       **sd.meta}
+        tensors.update(_file_tensors(name, sd))
+    try:
+        header[KEY_TENSORS] = json.dumps(index, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"delta metadata must be JSON-serialisable: {exc}") from exc
+    with atomic_file(path) as tmp:
+        save_file(tensors, tmp, metadata=header)
+
+
+def load(path: str | os.PathLike, device=None, names=None) -> DeltaFile:
+    """Open a file written by save(): a lazy, read-only {name: SparseDelta} mapping.
+
+    Args:
+        path: the safetensors file.
+        device: where looked-up deltas are put (default: CPU).
+        names: only these deltas (an iterable of names; KeyError for a name not in the file).
+
+    Raises:
+        FormatError: the file is not a valid darex_ext sparse delta file (any inconsistency in
+            its header, metadata or, on lookup, a delta's tensors).
+    """
+    return DeltaFile(path, device=device, names=names)
+
+
+def _parse_index(meta: dict[str, str]) -> dict[str, dict]:
+    version = meta.get(KEY_VERSION)
+    if version != FORMAT_VERSION:
+        raise FormatError(f"unsupported darex_ext format version {version!r} (this reader knows {FORMAT_VERSION!r})")
+    try:
+        index = json.loads(meta.get(KEY_TENSORS, ""))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise FormatError(f"metadata {KEY_TENSORS!r} is not valid JSON: {exc}") from None
+    if not isinstance(index, dict):
+        raise FormatError(f"metadata {KEY_TENSORS!r} must be a JSON object")
+    for name, entry in index.items():
+        if not isinstance(entry, dict):
+            raise FormatError(f"{label(name)}: index entry must be an object, got {entry!r}")
+        if entry.get("format") not in FORMATS:
+            raise FormatError(f"{label(name)}: unknown format {entry.get('format')!r}")
+        if entry.get("dtype") not in DTYPES_BY_NAME:
+            raise FormatError(f"{label(name)}: unknown dtype {entry.get('dtype')!r}")
+        check_shape(entry.get("shape"), name)
+    return index
+
+
+class DeltaFile(Mapping):
+    """Read-only mapping over the deltas of one file; each lookup reads and validates one
+    delta. Use as a context manager (or call close()) to release the memory map early."""
+
+    def __init__(self, path: str | os.PathLike, device=None, names=None):
+        from safetensors import safe_open
+
+        self.path = os.fspath(path)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"no such file: {self.path!r}")
+        try:
+            self._file = safe_open(self.path, framework="pt", device="cpu")
+            raw_meta = self._file.metadata() or {}
+            keys = set(self._file.keys())
+        except Exception as exc:  # safetensors reports a bad header in several exception types
+            raise FormatError(f"{self.path}: not a valid safetensors file: {exc}") from None
+        self._index = _parse_index(raw_meta)
+        expected = {f"{n}.{k}" for n, e in self._index.items() for k in FILE_KEYS[e["format"]]}
+        if keys != expected:
+            extra, missing = sorted(keys - expected)[:5], sorted(expected - keys)[:5]
+            raise FormatError(f"{self.path}: tensors do not match the index (missing {missing}, unexpected {extra})")
+        if names is not None:
+            names = [names] if isinstance(names, str) else list(names)
+            unknown = [n for n in names if n not in self._index]
+            if unknown:
+                raise KeyError(f"not in {self.path}: {unknown}")
+            self._names = names
+        else:
+            self._names = list(self._index)
+        self.metadata = {k: v for k, v in raw_meta.items() if not k.startswith(_RESERVED)}
+        self.format_version = raw_meta[KEY_VERSION]
+        self.writer_version = raw_meta.get(KEY_WRITER)
+
+    def __getitem__(self, name: str) -> SparseDelta:
+        if name not in self._names:
+            raise KeyError(name)
+        if self._file is None:
+            raise ValueError(f"{self.path} is closed")
+        entry = self._index[name]
+        fmt, shape = entry["format"], tuple(entry["shape"])
+        tensors = {}
+        for key in FILE_KEYS[fmt]:
+            try:
+                tensors[key] = self._file.get_tensor(f"{name}.{key}")
+            except Exception as exc:
+                raise FormatError(f"{label(name)}: cannot read {key}: {exc}") from None
+        if fmt == "bitmask":
+            stored = tensors.pop("shape")
+            if stored.dtype != torch.int64 or stored.dim() != 1 or stored.tolist() != list(shape):
+                raise FormatError(f"{label(name)}: shape tensor {stored.tolist()} ({stored.dtype}) "
+                                  f"does not match the index shape {list(shape)}")
+        meta = {k: v for k, v in entry.items() if k not in ("format", "dtype", "shape")}
+        sd = SparseDelta(fmt, shape, DTYPES_BY_NAME[entry["dtype"]], tensors, meta, name=name)
+        return sd.to(self.device)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name) -> bool:
+        return name in self._names
+
+    def close(self) -> None:
+        self._file = None
+
+    def __enter__(self) -> DeltaFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DeltaFile({self.path!r}, {len(self)} deltas)"

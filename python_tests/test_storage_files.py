@@ -1,0 +1,196 @@
+"""darex_ext.storage files: save/load round trips, plain safetensors readers, the
+compressed-tensors bitmask layout read back independently, metadata, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+import darex_ext
+from darex_ext.storage import FormatError, compress, compress_dare, load, save
+
+from conftest import randn
+
+SHAPES = [(), (0,), (1,), (13,), (0, 4), (5, 0), (7, 9), (3, 4, 17), (2, 130)]
+
+
+def _deltas(dtype, device="cpu"):
+    out = {}
+    for i, shape in enumerate(SHAPES):
+        x = randn(*shape, dtype=dtype, device=device)
+        for fmt in ("seeded", "bitmask", "csr"):
+            out[f"layer{i}.{fmt}.weight"] = compress_dare(x, 0.8, seed=i + 1, format=fmt)
+    return out
+
+
+def test_round_trip_every_format_and_dtype(tmp_path, dtype):
+    deltas = _deltas(dtype)
+    path = tmp_path / "d.safetensors"
+    save(path, deltas, metadata={"base_model": "x/y", "note": "é"})
+    with load(path) as f:
+        assert set(f) == set(deltas) and len(f) == len(deltas)
+        assert f.metadata == {"base_model": "x/y", "note": "é"}
+        for name, sd in deltas.items():
+            got = f[name]
+            assert got.name == name and got.format == sd.format
+            assert got.shape == sd.shape and got.dtype == dtype
+            assert got.meta == sd.meta
+            assert torch.equal(got.to_dense(), sd.to_dense())
+
+
+def test_load_subset_and_device(tmp_path, device):
+    deltas = _deltas(torch.float32)
+    path = tmp_path / "d.safetensors"
+    save(path, deltas)
+    names = ["layer6.csr.weight", "layer7.seeded.weight"]
+    f = load(path, device=device, names=names)
+    assert list(f) == names
+    assert f[names[0]].device.type == device
+    with pytest.raises(KeyError):
+        f["layer6.bitmask.weight"]
+    with pytest.raises(KeyError):
+        load(path, names=["nope"])
+
+
+def test_plain_safetensors_reads_header_and_tensors(tmp_path):
+    x = randn(8, 40, dtype=torch.bfloat16)
+    deltas = {"a": compress_dare(x, 0.9, 0.25, seed=3), "b": compress_dare(x, 0.9, seed=3, format="csr")}
+    path = tmp_path / "d.safetensors"
+    save(path, deltas, metadata={"k": "v"})
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        assert meta["darex_ext.format_version"] == "1"
+        assert meta["darex_ext.version"] == darex_ext.__version__
+        assert meta["k"] == "v"
+        index = json.loads(meta["darex_ext.tensors"])
+        assert index["a"] == {"format": "seeded", "dtype": "bfloat16", "shape": [8, 40], "p": 0.9,
+                              "q": 0.25, "seed": 3, "offset": 0, "method": "dare"}
+        assert index["b"]["format"] == "csr"
+        assert sorted(f.keys()) == ["a.values", "b.col", "b.crow", "b.values"]
+        assert f.get_tensor("b.col").dtype == torch.uint8  # 40 columns
+        assert torch.equal(f.get_tensor("a.values"), deltas["a"].payload["values"])
+
+
+def _compressed_tensors_reader(tensors: dict, prefix: str) -> torch.Tensor:
+    """Independent reader of compressed-tensors' sparse-bitmask layout, from its documentation:
+    <p>.shape (int64 dense shape), <p>.compressed (nonzeros, row-major), <p>.bitmask (uint8
+    rows x ceil(cols/8), numpy.packbits(mask, axis=-1, bitorder="little")), <p>.row_offsets
+    (index of each row's first value). Uses numpy only, none of darex_ext."""
+    shape = [int(s) for s in tensors[f"{prefix}.shape"].tolist()]
+    rows = shape[0] if len(shape) >= 2 else 1
+    cols = int(np.prod(shape)) // rows if rows else int(np.prod(shape[1:]))
+    bitmask = tensors[f"{prefix}.bitmask"].numpy()
+    values = tensors[f"{prefix}.compressed"].float().numpy()
+    offsets = tensors[f"{prefix}.row_offsets"].numpy()
+    mask = np.unpackbits(bitmask, axis=-1, count=cols, bitorder="little").astype(bool)
+    dense = np.zeros((rows, cols), dtype=np.float32)
+    for r in range(rows):
+        n = int(mask[r].sum())
+        dense[r, mask[r]] = values[offsets[r]:offsets[r] + n]
+    return torch.from_numpy(dense).reshape(shape)
+
+
+@pytest.mark.parametrize("shape", [(1,), (17,), (9, 33), (64, 64), (3, 5, 7)], ids=str)
+def test_bitmask_layout_read_by_independent_reader(tmp_path, shape):
+    x = darex_ext.prune_(randn(*shape), 0.7, seed=5)
+    path = tmp_path / "bm.safetensors"
+    save(path, {"model.layers.0.mlp.weight": compress(x, "bitmask")})
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    prefix = "model.layers.0.mlp.weight"
+    assert tensors[f"{prefix}.shape"].dtype == torch.int64
+    assert tensors[f"{prefix}.bitmask"].dtype == torch.uint8
+    assert tensors[f"{prefix}.row_offsets"].dtype == torch.int64
+    assert torch.equal(_compressed_tensors_reader(tensors, prefix), x)
+    if len(shape) == 2:  # exactly numpy.packbits of the 2-D mask
+        packed = np.packbits((x != 0).numpy(), axis=-1, bitorder="little")
+        assert np.array_equal(tensors[f"{prefix}.bitmask"].numpy(), packed)
+
+
+def test_seeded_file_size_is_values_plus_small_header(tmp_path):
+    x = randn(512, 1024, dtype=torch.bfloat16)
+    sd = compress_dare(x, 0.99, seed=1)
+    path = tmp_path / "s.safetensors"
+    save(path, {"model.layers.0.self_attn.q_proj.weight": sd})
+    assert os.path.getsize(path) <= 1.01 * sd.nbytes + 4096
+
+
+def test_save_argument_errors(tmp_path):
+    sd = compress_dare(randn(3), 0.5, seed=1)
+    with pytest.raises(ValueError, match="reserved"):
+        save(tmp_path / "x", {"a": sd}, metadata={"darex_ext.version": "9"})
+    with pytest.raises(TypeError, match="metadata"):
+        save(tmp_path / "x", {"a": sd}, metadata={"a": 1})
+    with pytest.raises(TypeError, match="SparseDelta"):
+        save(tmp_path / "x", {"a": torch.zeros(3)})
+    with pytest.raises(ValueError, match="names"):
+        save(tmp_path / "x", {"": sd})
+    assert not (tmp_path / "x").exists()
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "missing.safetensors")
+
+
+def test_error_mid_write_leaves_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "d.safetensors"
+    good = {"a": compress_dare(randn(5, 5), 0.5, seed=1)}
+    save(path, good)
+    before = path.read_bytes()
+    import safetensors.torch as st
+
+    def failing(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(st, "save_file", failing)
+    with pytest.raises(OSError, match="disk full"):
+        save(path, {"b": compress_dare(randn(7), 0.5, seed=2)})
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["d.safetensors"]  # temporary removed
+
+
+def test_error_mid_write_leaves_no_file(tmp_path, monkeypatch):
+    import safetensors.torch as st
+
+    def failing(tensors, filename, metadata=None):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(st, "save_file", failing)
+    with pytest.raises(RuntimeError):
+        save(tmp_path / "new.safetensors", {"a": compress_dare(randn(3), 0.5, seed=1)})
+    assert os.listdir(tmp_path) == []
+
+
+def test_killed_writer_leaves_no_partial_file(tmp_path):
+    # The child is SIGKILLed while the temporary file is being written: `path` never appears.
+    path = tmp_path / "d.safetensors"
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        import safetensors.torch as st
+        from darex_ext.storage import compress_dare, save
+        real = st.save_file
+        def slow(tensors, filename, metadata=None):
+            real(tensors, filename, metadata=metadata)
+            with open(filename, "r+b") as f:
+                f.truncate(10)  # a partial temporary at the moment of death
+            os.kill(os.getpid(), signal.SIGKILL)
+        st.save_file = slow
+        save({str(path)!r}, {{"a": compress_dare(torch.randn(100, 100), 0.9, seed=1)}})
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert not path.exists()
+    leftovers = os.listdir(tmp_path)
+    assert all(name.startswith(".d.safetensors.tmp-") for name in leftovers)
