@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from .checkpoint import Checkpoint
@@ -9,6 +10,8 @@ from .checkpoint import Checkpoint
 __all__ = ["CheckpointMismatch", "check_pair", "check_same_tensors"]
 
 _SHOWN = 5
+# Tensors with one row per token: a resized vocabulary shows up as a different row count here.
+_VOCAB = re.compile(r"embed|lm_head|wte|word_embeddings|shared\.weight|output\.weight")
 
 
 class CheckpointMismatch(ValueError):
@@ -18,7 +21,7 @@ class CheckpointMismatch(ValueError):
 def _describe(name: str, a_label: str, a, b_label: str, b) -> str:
     if a.dtype != b.dtype:
         return f"{name}: dtype {a.dtype} in {a_label} but {b.dtype} in {b_label}"
-    if len(a.shape) == len(b.shape) and len(a.shape) >= 1 and a.shape[1:] == b.shape[1:]:
+    if len(a.shape) == len(b.shape) == 2 and a.shape[1:] == b.shape[1:] and _VOCAB.search(name):
         lo, hi = sorted((a.shape[0], b.shape[0]))
         return (f"{name}: vocabulary resized, {a.shape[0]} rows in {a_label} but {b.shape[0]} in "
                 f"{b_label} (rows {lo}..{hi - 1} differ)")
