@@ -97,6 +97,8 @@ def add_model_commands(sub) -> None:
     p.add_argument("path", metavar="PATH", help="delta directory / file, or a model (with --base: its delta)")
     p.add_argument("--base", default=None, help="for a model PATH: show delta statistics against BASE")
     p.add_argument("--limit", type=int, default=0, help="show at most N tensors (0: all)")
+    p.add_argument("-p", type=float, default=0.99,
+                   help="drop rate the recommendation is for (default 0.99; a delta's own p wins)")
 
     p = sub.add_parser("demo", help="build a small model pair, prune it with DARE and DAREx-q, print a table",
                        description="Pretrain and fine-tune a small model on a toy task, prune the delta at "
@@ -175,7 +177,9 @@ def _merge(args, parser) -> int:
 def _inspect(args, parser) -> int:
     from .pipeline.inspect import inspect_path
 
-    inspect_path(args.path, base=args.base, limit=args.limit, out=sys.stdout)
+    if not 0.0 < args.p < 1.0:
+        parser.error(f"-p must be in (0, 1), got {args.p}")
+    inspect_path(args.path, base=args.base, limit=args.limit, p=args.p, out=sys.stdout)
     return 0
 
 

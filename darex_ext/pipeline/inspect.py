@@ -24,18 +24,19 @@ def is_delta(path: str) -> bool:
     return False
 
 
-def recommendation(delta: torch.Tensor) -> str:
-    """The algorithms issue's advice for this delta ("-" when this build has none)."""
+def recommendation(delta: torch.Tensor, p: float) -> str:
+    """darex_ext.algorithms.recommend's method for this delta at drop rate p, from the delta
+    alone (no labels, no activation statistics, fine-tuning not under our control); "-" when
+    this build has no recommend or the delta is empty."""
     try:
         from ..algorithms import recommend
     except ImportError:
         return "-"
-    advice = recommend(delta)
-    if isinstance(advice, str):
-        return advice
-    if isinstance(advice, dict) and "method" in advice:
-        return str(advice["method"])
-    return str(getattr(advice, "method", advice))
+    if delta.numel() == 0 or not 0.0 < p < 1.0:
+        return "-"
+    advice = recommend(delta, p, has_labels=False, has_calibration_data=False)
+    q = getattr(advice, "q", None)
+    return str(getattr(advice, "method", advice)) + (f" ({q} q)" if q else "")
 
 
 def _stats(t: torch.Tensor) -> tuple[float, float, float]:
@@ -59,7 +60,7 @@ def _table(rows: list[list[str]], header: list[str], out: IO[str]) -> None:
         print(line(r), file=out)
 
 
-def _inspect_delta(path: str, limit: int, out: IO[str]) -> None:
+def _inspect_delta(path: str, limit: int, p: float, out: IO[str]) -> None:
     from .. import storage
     from .apply import delta_paths
 
@@ -67,6 +68,10 @@ def _inspect_delta(path: str, limit: int, out: IO[str]) -> None:
     rows, total_bytes, total_params = [], 0, 0
     with storage.load(delta_file) as deltas:
         meta = dict(deltas.metadata or {})
+        try:
+            p = float(meta.get("darex.p", p))
+        except ValueError:
+            pass
         for i, name in enumerate(deltas):
             d = deltas[name]
             numel = 1
@@ -79,7 +84,7 @@ def _inspect_delta(path: str, limit: int, out: IO[str]) -> None:
             dense = d.to_dense()
             _, absmax, rms = _stats(dense)
             rows.append([name, d.format, _shape(d.shape), f"{d.density:.4f}", f"{d.nbytes / max(numel, 1):.3f}",
-                         f"{d.nbytes:,}", f"{absmax:.3g}", f"{rms:.3g}", recommendation(dense)])
+                         f"{d.nbytes:,}", f"{absmax:.3g}", f"{rms:.3g}", recommendation(dense, p)])
     if dense_file:
         ck = Checkpoint(dense_file)
         for name, info in ck.infos.items():
@@ -95,7 +100,7 @@ def _inspect_delta(path: str, limit: int, out: IO[str]) -> None:
           f"({total_bytes / max(total_params, 1):.3f} B/param)", file=out)
 
 
-def _inspect_model(path: str, base: str | None, limit: int, out: IO[str]) -> None:
+def _inspect_model(path: str, base: str | None, limit: int, p: float, out: IO[str]) -> None:
     ck = Checkpoint(path)
     b = Checkpoint(base) if base else None
     rows = []
@@ -107,7 +112,7 @@ def _inspect_model(path: str, base: str | None, limit: int, out: IO[str]) -> Non
         if b is not None and name in b and b.infos[name].shape == info.shape and info.dtype.is_floating_point:
             delta = t.to(torch.float32) - b.get(name).to(torch.float32)
             density, absmax, rms = _stats(delta)
-            row += [f"{density:.4f}", f"{absmax:.3g}", f"{rms:.3g}", recommendation(delta)]
+            row += [f"{density:.4f}", f"{absmax:.3g}", f"{rms:.3g}", recommendation(delta, p)]
         elif b is not None:
             row += ["", "", "", "(not in base)" if name not in b else ""]
         else:
@@ -121,13 +126,15 @@ def _inspect_model(path: str, base: str | None, limit: int, out: IO[str]) -> Non
     _table(rows, head, out)
 
 
-def inspect_path(path: str, *, base: str | None = None, limit: int = 0, out: IO[str] | None = None) -> None:
+def inspect_path(path: str, *, base: str | None = None, limit: int = 0, p: float = 0.99,
+                 out: IO[str] | None = None) -> None:
+    """Print the table. p: the drop rate the recommendation is for (a delta's own p wins)."""
     out = out or sys.stdout
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or directory")
     if is_delta(path):
         if base is not None:
             raise ValueError("--base applies to a model, not to a delta")
-        _inspect_delta(path, limit, out)
+        _inspect_delta(path, limit, p, out)
     else:
-        _inspect_model(path, base, limit, out)
+        _inspect_model(path, base, limit, p, out)

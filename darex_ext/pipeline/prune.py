@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,7 +33,8 @@ from .select import PRESETS, select_names
 from .workers import run_workers
 from .writer import layout_of
 
-__all__ = ["PruneConfig", "METHODS", "FORMATS", "plan_prune", "prune_model", "prune_delta", "bitwise_equal"]
+__all__ = ["PruneConfig", "METHODS", "FORMATS", "plan_prune", "prune_model", "prune_delta", "dppa_rates",
+           "bitwise_equal"]
 
 METHODS = ("dare", "darex-q", "magnitude", "wanda", "dppa")
 FORMATS = ("dense", "seeded", "bitmask", "csr")
@@ -113,11 +115,7 @@ class _Stats:
 
 
 def _analytic_q(delta: torch.Tensor, x_mean: torch.Tensor, p: float) -> torch.Tensor:
-    try:
-        from ..algorithms import analytic_q
-    except ImportError:
-        raise RuntimeError("--q-mode analytic needs darex_ext.algorithms.analytic_q, which this "
-                           "build does not have") from None
+    analytic_q = _require("analytic_q", "--q-mode analytic")
     return analytic_q(delta, x_mean.to(delta.device), p)
 
 
@@ -129,8 +127,13 @@ def _q_for(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats):
     return cfg.q
 
 
-def prune_delta(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats | None = None) -> torch.Tensor:
-    """Prune one tensor's delta in place, exactly as `darex prune` does; returns it."""
+def prune_delta(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats | None = None, *,
+                drop_rates: dict[str, float] | None = None) -> torch.Tensor:
+    """Prune one tensor's delta in place, exactly as `darex prune` does; returns it.
+
+    dppa: `drop_rates` are the per-tensor drop rates of DPPA's dynamic pruning (`dppa_rates`);
+    a tensor DPPA does not group into a block is magnitude-pruned at p.
+    """
     stats = stats or _Stats(None)
     if cfg.method in _RANDOM:
         return prune_(delta, cfg.p, _q_for(name, delta, cfg, stats), seed=tensor_seed(cfg.seed, name))
@@ -141,22 +144,55 @@ def prune_delta(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats 
         if act is None:  # biases, norms, tensors without statistics: magnitude
             return magnitude_prune_(delta, cfg.p, q=cfg.q)
         return wanda_prune_(delta, act.to(delta.device), cfg.p, q=cfg.q)
-    try:
-        from ..algorithms import dppa_prune_  # provided by the DPPA issue
-    except ImportError:
-        raise RuntimeError("--method dppa needs darex_ext.algorithms.dppa_prune_, which this build "
-                           "does not have") from None
-    return dppa_prune_(delta, cfg.p, name=name)
+    if drop_rates is None:
+        raise ValueError("method 'dppa' needs drop_rates (see dppa_rates)")
+    return magnitude_prune_(delta, drop_rates.get(name, cfg.p), q=cfg.q)
 
 
-def _compress(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats):
+def _require(name: str, what: str):
+    from .. import algorithms
+
+    fn = getattr(algorithms, name, None)
+    if fn is None:
+        raise RuntimeError(f"{what} needs darex_ext.algorithms.{name}, which this build does not have")
+    return fn
+
+
+class _LazyDeltas(Mapping):
+    """name -> finetuned - base, computed on each lookup, so DPPA's statistics pass over a model
+    holds at most one block of deltas in memory."""
+
+    def __init__(self, base: Checkpoint, finetuned: Checkpoint, names: list[str]):
+        self._b, self._f, self._names = base, finetuned, names
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._names:
+            raise KeyError(name)
+        return torch.sub(self._f.get(name), self._b.get(name))
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def dppa_rates(base: Checkpoint, finetuned: Checkpoint, selected: list[str], p: float) -> dict[str, float]:
+    """DPPA dynamic pruning's per-tensor drop rates for the selected matrices (one extra read of
+    both models; see darex_ext.algorithms.dppa_densities)."""
+    dppa_densities = _require("dppa_densities", "--method dppa")
+    matrices = [n for n in selected if len(finetuned.infos[n].shape) == 2]
+    return dppa_densities(_LazyDeltas(base, finetuned, matrices), p).drop_rates()
+
+
+def _compress(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats, drop_rates):
     from .. import storage
 
     if cfg.format == "seeded":
         q = _q_for(name, delta, cfg, stats)
         return storage.compress_dare(delta, cfg.p, q, seed=tensor_seed(cfg.seed, name), format="seeded",
                                      method=cfg.method)
-    pruned = prune_delta(name, delta, cfg, stats)
+    pruned = prune_delta(name, delta, cfg, stats, drop_rates=drop_rates)
     q = cfg.q if isinstance(cfg.q, float) else None
     return storage.compress(pruned, format=cfg.format, method=cfg.method, p=cfg.p, q=q)
 
@@ -191,6 +227,7 @@ def _job(group, base: str, finetuned: str, out: str, cfg: PruneConfig, overwrite
     device = torch.device(cfg.device)
     side = f.side_files()
     layout = layout_of(f)
+    drop_rates = dppa_rates(b, f, plan.selected, cfg.p) if cfg.method == "dppa" else None
 
     if cfg.format == "dense":
         def compute(name: str) -> torch.Tensor:
@@ -200,7 +237,7 @@ def _job(group, base: str, finetuned: str, out: str, cfg: PruneConfig, overwrite
             base_t = b.get(name).to(device)
             delta = torch.sub(ft.to(device), base_t)
             del ft
-            out_t = base_t.add_(prune_delta(name, delta, cfg, stats))
+            out_t = base_t.add_(prune_delta(name, delta, cfg, stats, drop_rates=drop_rates))
             return out_t.cpu()
 
         summary = write_model(group, out, layout, compute, side_dir=f.directory, side_files=side,
@@ -215,7 +252,7 @@ def _job(group, base: str, finetuned: str, out: str, cfg: PruneConfig, overwrite
             base_t = b.get(name).to(device)
             delta = torch.sub(ft.to(device), base_t)
             del ft, base_t
-            return "delta", _compress(name, delta, cfg, stats).to("cpu")
+            return "delta", _compress(name, delta, cfg, stats, drop_rates).to("cpu")
 
         names = [e.name for fl in layout.files for e in fl.entries]
         entries = layout.entries()
@@ -243,6 +280,10 @@ def prune_model(base: str | os.PathLike, finetuned: str | os.PathLike, out: str 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     plan_prune(base, finetuned, cfg)  # fail before any worker starts
+    if cfg.method == "dppa":
+        _require("dppa_densities", "--method dppa")  # a clear error before any work
+    if cfg.q_mode == "analytic":
+        _require("analytic_q", "--q-mode analytic")
     if cfg.format != "dense":
         from .. import storage  # noqa: F401  (a clear ImportError before any work)
     return run_workers(_job, (base, finetuned, out, cfg, overwrite, show_progress), workers=workers,
