@@ -109,3 +109,17 @@ def test_console_script_under_subprocess_with_two_workers(pair, tmp_path):
                            "--quiet", "-p", "0.5"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert set(load_all(str(out))) == set(load_all(ft))
+
+
+def test_demo_quick_prints_the_table(capsys):
+    from darex_ext.pipeline.demo import ToyTask, run_demo
+
+    result = run_demo(p=0.99, quick=True, task=ToyTask(quick=True))
+    text = capsys.readouterr().out
+    for needle in ("base (pretrained)", "fine-tuned", "DARE ", "DAREx-q", "test acc", "GB/s", "vs dense"):
+        assert needle in text, text
+    dare, darex = result["results"]["dare"], result["results"]["darex-q"]
+    assert 0.01 - 1e-9 <= result["q"] <= 0.5
+    assert darex["bytes"] < 0.05 * result["dense_bytes"] and dare["bytes"] < 0.05 * result["dense_bytes"]
+    # q is chosen on validation data among grid points that include DARE's own 1 - p
+    assert darex["accuracy"] >= dare["accuracy"] - 0.05
