@@ -49,6 +49,26 @@ def test_apply_of_a_delta_reproduces_dense_byte_for_byte(llama, tmp_path, fmt, m
         assert dense[name] == applied[name], name
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("fmt,method,q", [("seeded", "darex-q", 0.2), ("csr", "dare", None), ("bitmask", "magnitude", None)])
+def test_apply_equals_dense_for_other_dtypes(tmp_path, dtype, fmt, method, q):
+    base_dir, (ft_dir,) = llama_pair(str(tmp_path / "m"), dtype=dtype)
+    common = dict(method=method, p=0.9, q=q, seed=4)
+    prune_model(base_dir, ft_dir, tmp_path / "dense", PruneConfig(**common))
+    prune_model(base_dir, ft_dir, tmp_path / "delta", PruneConfig(format=fmt, **common))
+    apply_delta(base_dir, tmp_path / "delta", tmp_path / "applied")
+    assert dir_bytes(str(tmp_path / "dense")) == dir_bytes(str(tmp_path / "applied"))
+    base, ft, got = load_all(base_dir), load_all(ft_dir), load_all(str(tmp_path / "dense"))
+    for name in ft:  # and the dense output is base + the op's pruned delta in the model dtype
+        delta = torch.sub(ft[name], base[name])
+        if method == "magnitude":
+            darex_ext.magnitude_prune_(delta, 0.9)
+        else:
+            darex_ext.prune_(delta, 0.9, q, seed=darex_ext.tensor_seed(4, name))
+        want = torch.where(delta != 0, base[name] + delta, base[name])
+        assert torch.equal(got[name], want), name
+
+
 def test_seeded_delta_is_the_dare_delta_and_small(llama, tmp_path):
     base_dir, ft_dir = llama
     cfg = PruneConfig(method="dare", p=0.99, seed=5, format="seeded")

@@ -42,6 +42,7 @@ class TensorInfo:
     file: str          # file name relative to the checkpoint's directory
     begin: int         # byte offsets inside the file's data section
     end: int
+    data_start: int = 0  # where the data section begins in the file (8 + header length)
 
     @property
     def numel(self) -> int:
@@ -72,6 +73,7 @@ def read_header(path: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         raise ValueError(f"{path}: malformed safetensors header (not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
     base = os.path.basename(path)
+    data_size = os.path.getsize(path) - 8 - n
     infos = []
     for name, entry in header.items():
         try:
@@ -80,7 +82,12 @@ def read_header(path: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
             begin, end = (int(o) for o in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"{path}: unsupported or malformed header entry for {name!r}: {entry!r}") from None
-        infos.append(TensorInfo(name, dtype, shape, base, begin, end))
+        info = TensorInfo(name, dtype, shape, base, begin, end, 8 + n)
+        if any(d < 0 for d in shape) or not 0 <= begin <= end <= data_size or \
+                end - begin != info.numel * torch.empty((), dtype=dtype).element_size():
+            raise ValueError(f"{path}: tensor {name!r} has inconsistent offsets {entry['data_offsets']} "
+                             f"for {entry['dtype']}{list(shape)}")
+        infos.append(info)
     infos.sort(key=lambda t: (t.begin, t.end))
     return {t.name: t for t in infos}, dict(metadata)
 
@@ -160,15 +167,27 @@ class Checkpoint:
         return name in self.infos
 
     def get(self, name: str) -> torch.Tensor:
-        """Read one tensor (a fresh, writable CPU tensor)."""
-        from safetensors import safe_open
+        """Read one tensor (a fresh, writable CPU tensor).
 
+        Positional reads rather than a memory map: mapped file pages would count toward the
+        process's resident memory until the whole file is unmapped, so a memory-mapped reader
+        looks (and under a cgroup limit, is) as large as the checkpoint.
+        """
         info = self.infos[name]
         handle = self._handles.get(info.file)
         if handle is None:
-            handle = safe_open(self.file_path(info.file), framework="pt", device="cpu")
+            handle = open(self.file_path(info.file), "rb", buffering=0)
             self._handles[info.file] = handle
-        return handle.get_tensor(name)
+        buf = bytearray(info.nbytes)
+        view, pos, done = memoryview(buf), info.data_start + info.begin, 0
+        while done < len(buf):
+            n = os.preadv(handle.fileno(), [view[done:]], pos + done)
+            if n <= 0:
+                raise ValueError(f"{self.file_path(info.file)}: truncated while reading {name!r}")
+            done += n
+        if not buf:
+            return torch.empty(info.shape, dtype=info.dtype)
+        return torch.frombuffer(buf, dtype=torch.uint8).view(info.dtype).reshape(info.shape)
 
     def side_files(self) -> list[str]:
         """Regular files to copy next to a written model: config, tokenizer, generation config."""
@@ -186,6 +205,8 @@ class Checkpoint:
         return out
 
     def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
         self._handles.clear()
 
     def __enter__(self) -> "Checkpoint":

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .._version import __version__
-from ..ops import prune_
+from ..ops import dare, prune_
 from ..seeds import resolve_seed, tensor_seed
 from ..topk import magnitude_prune_, wanda_prune_
 from .checkpoint import Checkpoint
@@ -33,7 +33,7 @@ from .select import PRESETS, select_names
 from .workers import run_workers
 from .writer import layout_of
 
-__all__ = ["PruneConfig", "METHODS", "FORMATS", "plan_prune", "prune_model", "prune_delta", "dppa_rates",
+__all__ = ["PruneConfig", "METHODS", "FORMATS", "plan_prune", "prune_model", "prune_delta", "dense_tensor", "dppa_rates",
            "bitwise_equal"]
 
 METHODS = ("dare", "darex-q", "magnitude", "wanda", "dppa")
@@ -185,6 +185,29 @@ def dppa_rates(base: Checkpoint, finetuned: Checkpoint, selected: list[str], p: 
     return dppa_densities(_LazyDeltas(base, finetuned, matrices), p).drop_rates()
 
 
+def dense_tensor(name: str, base: torch.Tensor, finetuned: torch.Tensor, cfg: PruneConfig,
+                 stats: _Stats | None = None, drop_rates: dict[str, float] | None = None) -> torch.Tensor:
+    """base + pruned delta for one tensor, bit for bit what `darex apply` computes from the delta
+    file (the arithmetic of SparseDelta.add_to_: only kept entries change, each rounded once).
+
+    float32/float64 DARE runs the fused `darex_ext.dare` kernel (one pass, the same arithmetic);
+    half types first round the delta to the model's dtype, as the stored delta is, so they go
+    through the storage encoder. `base` is overwritten and returned.
+    """
+    from .. import storage
+
+    stats = stats or _Stats(None)
+    if cfg.method in _RANDOM:
+        q = cfg.q if cfg.q_mode != "analytic" else _q_for(name, torch.sub(finetuned, base), cfg, stats)
+        seed = tensor_seed(cfg.seed, name)
+        if base.dtype in (torch.float32, torch.float64):
+            return dare(finetuned, base, cfg.p, q, seed=seed, out=base)
+        return storage.compress_dare(torch.sub(finetuned, base), cfg.p, q, seed=seed).add_to_(base)
+    delta = torch.sub(finetuned, base)
+    pruned = prune_delta(name, delta, cfg, stats, drop_rates=drop_rates)
+    return storage.compress(pruned, format="bitmask").add_to_(base)
+
+
 def _compress(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats, drop_rates):
     from .. import storage
 
@@ -234,11 +257,7 @@ def _job(group, base: str, finetuned: str, out: str, cfg: PruneConfig, overwrite
             ft = f.get(name)
             if name not in selected:
                 return ft
-            base_t = b.get(name).to(device)
-            delta = torch.sub(ft.to(device), base_t)
-            del ft
-            out_t = base_t.add_(prune_delta(name, delta, cfg, stats, drop_rates=drop_rates))
-            return out_t.cpu()
+            return dense_tensor(name, b.get(name).to(device), ft.to(device), cfg, stats, drop_rates).cpu()
 
         summary = write_model(group, out, layout, compute, side_dir=f.directory, side_files=side,
                               overwrite=overwrite, show_progress=show_progress, desc="pruning")
