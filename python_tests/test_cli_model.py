@@ -99,18 +99,6 @@ def test_merge_cli(pair, tmp_path, capsys):
     assert os.path.isfile(os.path.join(out, "config.json"))
 
 
-def test_console_script_under_subprocess_with_two_workers(pair, tmp_path):
-    import subprocess
-    import sys
-
-    base, (ft, _) = pair
-    out = tmp_path / "w2"
-    done = subprocess.run([sys.executable, "-m", "darex_ext", "prune", base, ft, "-o", str(out), "--workers", "2",
-                           "--quiet", "-p", "0.5"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert set(load_all(str(out))) == set(load_all(ft))
-
-
 def test_demo_quick_prints_the_table(capsys):
     from darex_ext.pipeline.demo import ToyTask, run_demo
 

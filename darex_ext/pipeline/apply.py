@@ -87,16 +87,14 @@ def _open(base: str, delta: str):
 def _job(group, base: str, delta: str, out: str, device: str, overwrite: bool, show_progress: bool) -> dict[str, Any]:
     start = time.perf_counter()
     b, deltas, dense, layout, side_dir = _open(base, delta)
-    dev = torch.device(device)
+    del device  # the storage decoders run on the CPU; a sparse scatter-add is not worth a copy
 
     def compute(name: str) -> torch.Tensor:
         if dense is not None and name in dense:
             return dense.get(name)
         t = b.get(name)
         if name in deltas:
-            t = t.to(dev)
-            deltas[name].to(dev).add_to_(t)
-            t = t.cpu()
+            deltas[name].add_to_(t)
         return t
 
     try:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .._version import __version__
-from ..ops import dare, prune_
+from ..ops import dare, keep_mask, prune_
 from ..seeds import resolve_seed, tensor_seed
 from ..topk import magnitude_prune_, wanda_prune_
 from .checkpoint import Checkpoint
@@ -188,28 +188,34 @@ def dppa_rates(base: Checkpoint, finetuned: Checkpoint, selected: list[str], p: 
 def dense_tensor(name: str, base: torch.Tensor, finetuned: torch.Tensor, cfg: PruneConfig,
                  stats: _Stats | None = None, drop_rates: dict[str, float] | None = None) -> torch.Tensor:
     """base + pruned delta for one tensor, bit for bit what `darex apply` computes from the delta
-    file (the arithmetic of SparseDelta.add_to_: only kept entries change, each rounded once).
+    file: SparseDelta.add_to_ changes only the stored entries, each rounded once from float32
+    (float64), so a dropped entry keeps base's exact bits.
 
-    float32/float64 DARE runs the fused `darex_ext.dare` kernel (one pass, the same arithmetic);
-    half types first round the delta to the model's dtype, as the stored delta is, so they go
-    through the storage encoder. `base` is overwritten and returned.
+    float32/float64 DARE runs the fused `darex_ext.dare` kernel (one pass, the same arithmetic).
+    Half types first round the delta to the model's dtype, as the stored delta is. Works on any
+    device the ops support; `base` may be overwritten.
     """
-    from .. import storage
-
     stats = stats or _Stats(None)
     if cfg.method in _RANDOM:
-        q = cfg.q if cfg.q_mode != "analytic" else _q_for(name, torch.sub(finetuned, base), cfg, stats)
         seed = tensor_seed(cfg.seed, name)
+        if base.dtype in (torch.float32, torch.float64) and cfg.q_mode != "analytic":
+            return dare(finetuned, base, cfg.p, cfg.q, seed=seed, out=base)
+        delta = torch.sub(finetuned, base)
+        q = _q_for(name, delta, cfg, stats)
         if base.dtype in (torch.float32, torch.float64):
             return dare(finetuned, base, cfg.p, q, seed=seed, out=base)
-        return storage.compress_dare(torch.sub(finetuned, base), cfg.p, q, seed=seed).add_to_(base)
-    delta = torch.sub(finetuned, base)
-    pruned = prune_delta(name, delta, cfg, stats, drop_rates=drop_rates)
-    return storage.compress(pruned, format="bitmask").add_to_(base)
+        prune_(delta, cfg.p, q, seed=seed)
+        touched = keep_mask(delta, cfg.p, seed=seed)     # a seeded delta stores every kept entry
+    else:
+        delta = prune_delta(name, torch.sub(finetuned, base), cfg, stats, drop_rates=drop_rates)
+        touched = delta != 0                            # bitmask/csr store the nonzero entries
+    return torch.where(touched, base + delta, base)
 
 
 def _compress(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats, drop_rates):
     from .. import storage
+
+    delta = delta.cpu()  # the storage encoders run on the CPU
 
     if cfg.format == "seeded":
         q = _q_for(name, delta, cfg, stats)
