@@ -7,6 +7,7 @@ combination of options is a usage error, exit 2, via `parser.error`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 __all__ = ["add_model_commands", "MODEL_COMMANDS"]
@@ -113,6 +114,8 @@ def add_model_commands(sub) -> None:
 
 
 def _print_summary(what: str, summary: dict, out: str) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
+        return
     secs = summary.get("seconds", 0.0)
     size = summary.get("bytes", 0)
     print(f"{what}: {summary.get('tensors', summary.get('deltas', 0))} tensors -> {out} "

@@ -242,3 +242,22 @@ def test_a_kill_while_writing_leaves_no_partial_output(llama, tmp_path, fmt):
                                "--quiet", "--workers", "2"], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         assert set(load_all(str(out))) == set(load_all(ft_dir))
+
+
+def test_torchrun_ranks_write_the_same_bytes(llama, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    base_dir, ft_dir = llama
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg = ["-p", "0.8", "--seed", "12", "--quiet"]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(port), "-m", "darex_ext", "prune", base_dir, ft_dir,
+                           "-o", str(tmp_path / "tr"), *cfg], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("pruned 21 of 21") == 1  # rank 0 reports for both
+    prune_model(base_dir, ft_dir, tmp_path / "one", PruneConfig(p=0.8, seed=12))
+    assert dir_bytes(str(tmp_path / "tr")) == dir_bytes(str(tmp_path / "one"))

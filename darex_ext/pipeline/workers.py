@@ -107,7 +107,9 @@ def _entry(rank: int, world: int, init_file: str, device: str, fn: Callable, arg
         torch.cuda.set_device(rank % torch.cuda.device_count())
     dist.init_process_group(_backend(device), init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        value = fn(Group(torch.device(device if not device.startswith("cuda") else f"cuda:{torch.cuda.current_device()}")), *args)
+        group = Group(torch.device(device if not device.startswith("cuda") else f"cuda:{torch.cuda.current_device()}"))
+        value = fn(group, *args)
+        group.phase(lambda: None)  # no rank leaves while another still talks to it
         if rank == 0:
             results.put(("ok", value))
     except BaseException as exc:
@@ -127,14 +129,23 @@ def run_workers(fn: Callable[..., Any], args: tuple, *, workers: int, device: st
     if from_environment():
         import torch.distributed as dist
 
-        if not dist.is_initialized():
-            dist.init_process_group(_backend(device))
         dev = torch.device(device)
         if device.startswith("cuda"):
             local = int(os.environ.get("LOCAL_RANK", "0"))
             torch.cuda.set_device(local)
             dev = torch.device(f"cuda:{local}")
-        return fn(Group(dev), *args)
+        owned = not dist.is_initialized()
+        if owned:
+            dist.init_process_group(_backend(device))
+        try:
+            group = Group(dev)
+            result = fn(group, *args)
+            # No rank leaves while another still talks to it (gloo aborts on a closed peer).
+            group.phase(lambda: None)
+            return result
+        finally:
+            if owned:
+                dist.destroy_process_group()
     if workers <= 1:
         return fn(SoloGroup(), *args)
     import torch.multiprocessing as mp
