@@ -139,17 +139,22 @@ print(n, time.perf_counter() - t)
 
 
 # Runs `darex ARGS` after the imports, so the time is the command's own (interpreter start and
-# `import torch` are a constant a few seconds, not part of streaming a checkpoint); prints that
-# time and the peak RSS of this process and its workers (ru_maxrss, KiB on Linux).
+# `import torch` are a constant few seconds, not part of streaming a checkpoint); prints that
+# time and the peak RSS: VmHWM of this process (ru_maxrss would carry over the benchmark's own
+# size across exec) and, with --workers, the largest worker's ru_maxrss.
 _PRUNER = """
 import resource, sys, time
 import safetensors.torch, darex_ext.pipeline, darex_ext.storage
 from darex_ext import cli
+
+def hwm():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
+
 t = time.perf_counter()
 rc = cli.main(sys.argv[1:])
 dt = time.perf_counter() - t
-peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-print("BENCH", dt, peak * 1024)
+print("BENCH", dt, max(hwm(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024))
 sys.exit(rc)
 """
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ._malloc import fixed_mmap_threshold
 from .checkpoint import Checkpoint
 from .compat import CheckpointMismatch
 from .output import DELTA_FILE, DENSE_FILE, write_model
@@ -85,6 +86,7 @@ def _open(base: str, delta: str):
 
 
 def _job(group, base: str, delta: str, out: str, device: str, overwrite: bool, show_progress: bool) -> dict[str, Any]:
+    fixed_mmap_threshold()
     start = time.perf_counter()
     b, deltas, dense, layout, side_dir = _open(base, delta)
     del device  # the storage decoders run on the CPU; a sparse scatter-add is not worth a copy

@@ -12,6 +12,7 @@ import torch
 
 from ..algorithms.merge import MERGE_METHODS, merge_tensor
 from ..seeds import resolve_seed
+from ._malloc import fixed_mmap_threshold
 from .checkpoint import Checkpoint
 from .compat import CheckpointMismatch, check_same_tensors
 from .output import write_model
@@ -70,6 +71,7 @@ def plan_merge(base: str, finetuned: list[str], cfg: MergeConfig) -> list[str]:
 
 def _job(group, base: str, finetuned: list[str], out: str, cfg: MergeConfig, overwrite: bool,
          show_progress: bool) -> dict[str, Any]:
+    fixed_mmap_threshold()
     start = time.perf_counter()
     selected = set(plan_merge(base, finetuned, cfg))
     b = Checkpoint(base)

@@ -26,6 +26,7 @@ from .._version import __version__
 from ..ops import dare, keep_mask, prune_
 from ..seeds import resolve_seed, tensor_seed
 from ..topk import magnitude_prune_, wanda_prune_
+from ._malloc import fixed_mmap_threshold
 from .checkpoint import Checkpoint
 from .compat import check_pair
 from .output import write_delta, write_model
@@ -248,6 +249,7 @@ def plan_prune(base: str, finetuned: str, cfg: PruneConfig) -> Plan:
 
 def _job(group, base: str, finetuned: str, out: str, cfg: PruneConfig, overwrite: bool,
          show_progress: bool) -> dict[str, Any]:
+    fixed_mmap_threshold()
     start = time.perf_counter()
     plan = plan_prune(base, finetuned, cfg)
     b, f = Checkpoint(base), Checkpoint(finetuned)
