@@ -68,6 +68,9 @@ def test_failures_exit_1_with_one_line(pair, tmp_path, capsys):
     out.mkdir()
     _failure(["prune", base, ft, "-o", str(out), "--quiet"], capsys, "already exists")
     _failure(["apply", base, str(tmp_path / "nodelta"), "-o", str(tmp_path / "a")], capsys, "no such file")
+    if not torch.cuda.is_available():
+        _failure(["prune", base, ft, "-o", str(tmp_path / "c"), "--device", "cuda", "--quiet"], capsys, "CUDA")
+        assert not (tmp_path / "c").exists()
 
 
 def test_prune_apply_inspect_roundtrip(pair, tmp_path, capsys):
