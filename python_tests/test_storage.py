@@ -363,3 +363,79 @@ def test_compile_fullgraph_decode_and_add(device):
     doubled, shifted = compiled(base, values)
     assert torch.equal(doubled, sd.to_dense() * 2)
     assert torch.equal(shifted, expected_base + 1)
+
+
+def test_tiny_float64_values_are_not_zero(device):
+    x = torch.tensor([[1e-300, 0.0, -5e-320, 2.0]], dtype=torch.float64, device=device)
+    for fmt in ("bitmask", "csr"):
+        sd = compress(x, fmt)
+        assert sd.kept == 3
+        assert torch.equal(sd.to_dense(), x)
+
+
+_ISA_SCRIPT = """
+import hashlib, sys, torch
+from darex_ext.storage import compress_dare
+h = hashlib.sha256()
+torch.manual_seed(0)
+for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+    for shape in ((1,), (77,), (9, 70), (3, 300)):
+        x = torch.randn(shape, dtype=torch.float64).to(dtype)
+        base = torch.randn(shape, dtype=torch.float64).to(dtype)
+        for fmt in ("seeded", "bitmask"):
+            for p in (0.0, 0.5, 0.97):
+                sd = compress_dare(x, p, seed=3, format=fmt)
+                h.update(sd.to_dense().view(torch.uint8).numpy().tobytes())
+                h.update(sd.add_to_(base.clone(), 0.3).view(torch.uint8).numpy().tobytes())
+                h.update(sd.add_to_(base.clone()).view(torch.uint8).numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_cpu_isa_paths_agree_bit_for_bit():
+    # The scatter loops have an AVX-512 and a scalar path (picked at load time): same bytes.
+    import os
+    import subprocess
+    import sys
+
+    digests = []
+    for isa in ("", "avx2", "scalar"):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), DAREX_CPU_ISA=isa)
+        proc = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        digests.append(proc.stdout.strip())
+    assert len(set(digests)) == 1, digests
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_many_chunks_add_and_decode_thread_independent(fmt):
+    # Several parallel chunks / row groups, rows not aligned to chunks, odd column count; the
+    # bytes must not depend on the thread count.
+    x = randn(701, 513, dtype=torch.bfloat16)
+    base = randn(701, 513, dtype=torch.bfloat16)
+    sd = compress_dare(x, 0.9, 0.3, seed=12, format=fmt)
+    old = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, max(2, old)):
+            torch.set_num_threads(threads)
+            results.append((sd.to_dense(), sd.add_to_(base.clone(), 0.5)))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    expected = darex_ext.prune_(x.clone(), 0.9, 0.3, seed=12)
+    assert torch.equal(results[0][0], expected)
+    mask = ref.keep_mask(x.shape, 0.9, 12) if fmt == "seeded" else expected != 0
+    assert torch.equal(results[0][1], ref._accumulate(base, mask, expected, 0.5))
+
+
+def test_add_to_keeps_dropped_entries_bit_exact():
+    # Dropped positions are not touched at all: -0.0 and NaN in base survive there.
+    x = randn(3, 100)
+    sd = compress_dare(x, 0.9, seed=2)
+    mask = ref.keep_mask(x.shape, 0.9, 2)
+    base = torch.full((3, 100), -0.0)
+    base[0, ::7] = float("nan")
+    out = sd.add_to_(base.clone())
+    assert torch.equal(out[~mask].view(torch.int32), base[~mask].view(torch.int32))

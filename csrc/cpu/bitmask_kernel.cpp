@@ -11,40 +11,11 @@
 
 #include "../common/dare_math.h"
 #include "../ops/storage_args.h"
+#include "scatter_bits.h"
 #include "storage_common.h"
 
 namespace darex::cpu {
 namespace {
-
-// Packs row `x` (cols values) into `bits`; returns its nonzero count.
-template <typename scalar_t>
-int64_t pack_row(const scalar_t* x, int64_t cols, uint8_t* bits) {
-  int64_t count = 0;
-  int64_t c = 0;
-  for (; c + 64 <= cols; c += 64) {
-    uint64_t m = 0;
-    for (int j = 0; j < 64; ++j) m |= static_cast<uint64_t>(static_cast<float>(x[c + j]) != 0.0f) << j;
-    std::memcpy(bits + c / 8, &m, 8);
-    count += popcount64(m);
-  }
-  for (; c < cols; c += 8) {
-    uint8_t b = 0;
-    for (int j = 0; j < 8 && c + j < cols; ++j)
-      b |= static_cast<uint8_t>(static_cast<uint8_t>(static_cast<float>(x[c + j]) != 0.0f) << j);
-    bits[c / 8] = b;
-    count += popcount64(b);
-  }
-  return count;
-}
-
-// f(column) for every set bit of one packed row, in column order.
-template <typename F>
-inline void for_each_set_column(const uint8_t* bits, int64_t row_bytes, const F& f) {
-  for (int64_t b = 0; b < row_bytes; b += 8) {
-    const int64_t base = b * 8;
-    for_each_set_bit(load_bits(bits + b, row_bytes - b), [&](int j) { f(base + j); });
-  }
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bitmask_pack_cpu(const at::Tensor& dense) {
   TORCH_CHECK(dense.device().is_cpu(), "dense must be a CPU tensor");
@@ -61,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bitmask_pack_cpu(const at::Tensor
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     std::vector<int64_t> counts(static_cast<size_t>(v.rows));
     at::parallel_for(0, v.rows, row_grain(v.cols), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) counts[r] = pack_row(src + r * v.cols, v.cols, bm + r * bpr);
+      for (int64_t r = r0; r < r1; ++r) counts[r] = pack_nonzero_row(src + r * v.cols, v.cols, bm + r * bpr);
     });
     int64_t total = 0;
     for (int64_t r = 0; r < v.rows; ++r) {
@@ -111,25 +82,12 @@ void bitmask_scatter_cpu(at::Tensor& out, const at::Tensor& values, const at::Te
   if (out.numel() == 0) return;
   const at::Tensor vals = values.contiguous();
   at::Tensor work = out.is_contiguous() ? out : out.contiguous();
-  if (!accumulate) work.zero_();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_bitmask_scatter_cpu", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const scalar_t* src = vals.const_data_ptr<scalar_t>();
     scalar_t* dst = work.data_ptr<scalar_t>();
-    const acc_t a = static_cast<acc_t>(alpha);
     at::parallel_for(0, v.rows, row_grain(v.cols), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        scalar_t* row = dst + r * v.cols;
-        const scalar_t* val = src + ro[r];
-        int64_t k = 0;
-        if (accumulate) {
-          for_each_set_column(bm + r * bpr, bpr, [&](int64_t c) {
-            row[c] = static_cast<scalar_t>(acc_add(static_cast<acc_t>(row[c]), acc_mul(a, static_cast<acc_t>(val[k++]))));
-          });
-        } else {
-          for_each_set_column(bm + r * bpr, bpr, [&](int64_t c) { row[c] = val[k++]; });
-        }
-      }
+      for (int64_t r = r0; r < r1; ++r)
+        scatter_bits(bm + r * bpr, v.cols, src + ro[r], dst + r * v.cols, alpha, accumulate);
     });
   });
   if (!work.is_same(out)) out.copy_(work);

@@ -26,14 +26,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_pack_cpu(const at::Tensor& de
   at::Tensor col, values;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_csr_pack_cpu", [&] {
     const scalar_t* src = x.const_data_ptr<scalar_t>();
+    const int64_t bpr = packed_row_bytes(v.cols);
     std::vector<int64_t> counts(static_cast<size_t>(v.rows));
     at::parallel_for(0, v.rows, row_grain(v.cols), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* row = src + r * v.cols;
-        int64_t c = 0;
-        for (int64_t j = 0; j < v.cols; ++j) c += static_cast<float>(row[j]) != 0.0f;
-        counts[r] = c;
-      }
+      std::vector<uint8_t> bits(static_cast<size_t>(bpr));
+      for (int64_t r = r0; r < r1; ++r) counts[r] = pack_nonzero_row(src + r * v.cols, v.cols, bits.data());
     });
     cr[0] = 0;
     for (int64_t r = 0; r < v.rows; ++r) cr[r + 1] = cr[r] + counts[r];
@@ -45,15 +42,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_pack_cpu(const at::Tensor& de
       using index_t = decltype(tag);
       index_t* ci = static_cast<index_t*>(col.data_ptr());
       at::parallel_for(0, v.rows, row_grain(v.cols), [&](int64_t r0, int64_t r1) {
+        std::vector<uint8_t> bits(static_cast<size_t>(bpr));
         for (int64_t r = r0; r < r1; ++r) {
           const scalar_t* row = src + r * v.cols;
+          pack_nonzero_row(row, v.cols, bits.data());
           int64_t k = cr[r];
-          for (int64_t j = 0; j < v.cols; ++j) {
-            if (static_cast<float>(row[j]) != 0.0f) {
-              ci[k] = static_cast<index_t>(j);
-              dst[k++] = row[j];
-            }
-          }
+          for_each_set_column(bits.data(), bpr, [&](int64_t c) {
+            ci[k] = static_cast<index_t>(c);
+            dst[k++] = row[c];
+          });
         }
       });
     });

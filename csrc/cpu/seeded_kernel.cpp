@@ -1,7 +1,8 @@
 // CPU kernels of the seeded storage format: the mask is regenerated from (seed, p, offset), so
 // only kept values are stored. Pass 1 packs the keep mask into bits with per-chunk counts
-// (Philox only, no data reads); pass 2 compacts (pack) or scatters (decode / add) chunk by
-// chunk at the prefix-summed positions. The mask is generated once per call.
+// (Philox only, no data reads); pass 2 compacts (pack) or scatters (decode / add, see
+// scatter_bits.h) chunk by chunk at the prefix-summed positions. The mask is generated once per
+// call; decode writes every element in that one pass (no separate zero fill).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -10,6 +11,7 @@
 
 #include "../common/dare_math.h"
 #include "../ops/storage_args.h"
+#include "scatter_bits.h"
 #include "storage_common.h"
 
 namespace darex::cpu {
@@ -35,7 +37,7 @@ at::Tensor seeded_pack_cpu(const at::Tensor& delta, double p, int64_t seed, int6
       int64_t row = -1;
       acc_t inv = inv_scalar;
       for (int64_t c = c0; c < c1; ++c) {
-        for_each_kept_in_chunk(plan, c, [&](int64_t e, int64_t k) {
+        for_each_kept_in_chunk(plan, c, src, [&](int64_t e, int64_t k) {
           if (qr != nullptr && e / row_len != row) {  // rows change rarely: one division each
             row = e / row_len;
             inv = inverse_q<acc_t>(qr[row]);
@@ -59,21 +61,13 @@ at::Tensor keep_count_cpu(const at::Tensor& like, double p, int64_t seed, int64_
     std::vector<uint64_t> scratch(static_cast<size_t>(kStorageChunk / 64));
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t s = c * kStorageChunk;
-      counts[c] = keep_bits(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset + s),
+      counts[c] = keep_bits(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + static_cast<uint64_t>(s),
                             std::min(kStorageChunk, n - s), thr, scratch.data());
     }
   });
   int64_t total = 0;
   for (int64_t c : counts) total += c;
   return at::scalar_tensor(total, like.options().dtype(at::kLong));
-}
-
-// out[e] = v (decode) or out[e] = round(out[e] + alpha * v) in the accumulation type (add).
-template <typename scalar_t, typename acc_t>
-inline void put(scalar_t* out, int64_t e, scalar_t v, acc_t alpha, bool accumulate) {
-  out[e] = accumulate
-               ? static_cast<scalar_t>(acc_add(static_cast<acc_t>(out[e]), acc_mul(alpha, static_cast<acc_t>(v))))
-               : v;
 }
 
 void seeded_scatter_cpu(at::Tensor& out, const at::Tensor& values, double p, int64_t seed,
@@ -91,19 +85,15 @@ void seeded_scatter_cpu(at::Tensor& out, const at::Tensor& values, double p, int
   if (n == 0) return;
   const at::Tensor v = values.contiguous();
   at::Tensor work = out.is_contiguous() ? out : out.contiguous();
-  if (!accumulate) work.zero_();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_seeded_scatter_cpu", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const scalar_t* src = v.const_data_ptr<scalar_t>();
     scalar_t* dst = work.data_ptr<scalar_t>();
-    const acc_t a = static_cast<acc_t>(alpha);
+    const uint8_t* bits = reinterpret_cast<const uint8_t*>(plan.bits.get());
     at::parallel_for(0, plan.chunks(), 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
-        if (accumulate) {
-          for_each_kept_in_chunk(plan, c, [&](int64_t e, int64_t k) { put<scalar_t, acc_t>(dst, e, src[k], a, true); });
-        } else {
-          for_each_kept_in_chunk(plan, c, [&](int64_t e, int64_t k) { dst[e] = src[k]; });
-        }
+        const int64_t s = c * kStorageChunk;
+        scatter_bits(bits + s / 8, std::min(kStorageChunk, n - s), src + plan.starts[c], dst + s, alpha,
+                     accumulate);
       }
     });
   });

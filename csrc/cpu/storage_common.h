@@ -8,7 +8,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "../common/bitpack.h"
@@ -48,15 +50,96 @@ inline KeepPlan plan_keep(uint64_t seed, uint64_t offset, int64_t n, uint32_t th
   return plan;
 }
 
-// f(element, value_index) for every kept element of chunk c, in order.
-template <typename F>
-inline void for_each_kept_in_chunk(const KeepPlan& plan, int64_t c, const F& f) {
+// Words of mask bits this far ahead get their destination cache lines prefetched: a sparse
+// scatter is bound by the latency of scattered read-modify-writes, not by bandwidth, unless
+// several lines are in flight at once.
+constexpr int64_t kPrefetchWords = 8;
+
+// Prefetches (for writing) the cache lines of `dst` holding the elements flagged in mask word
+// `m` whose element 0 is `first`.
+template <typename T>
+inline void prefetch_flagged(const T* dst, int64_t first, uint64_t m) {
+  uintptr_t last_line = ~uintptr_t(0);
+  for_each_set_bit(m, [&](int j) {
+    const T* p = dst + first + j;
+    const uintptr_t line = reinterpret_cast<uintptr_t>(p) >> 6;
+    if (line != last_line) {
+      __builtin_prefetch(p, 1, 3);
+      last_line = line;
+    }
+  });
+}
+
+// f(element, value_index) for every kept element of chunk c, in order; the destination `dst`
+// is prefetched kPrefetchWords words ahead.
+template <typename T, typename F>
+inline void for_each_kept_in_chunk(const KeepPlan& plan, int64_t c, const T* dst, const F& f) {
   const int64_t s = c * kStorageChunk;
   const int64_t e = std::min(plan.n, s + kStorageChunk);
   int64_t k = plan.starts[static_cast<size_t>(c)];
-  for (int64_t w = s / 64; w < (e + 63) / 64; ++w) {
+  const int64_t w_end = (e + 63) / 64;
+  for (int64_t w = s / 64; w < w_end; ++w) {
+    if (w + kPrefetchWords < w_end)
+      prefetch_flagged(dst, (w + kPrefetchWords) * 64, plan.bits[static_cast<size_t>(w + kPrefetchWords)]);
     const int64_t base = w * 64;
     for_each_set_bit(plan.bits[static_cast<size_t>(w)], [&](int j) { f(base + j, k++); });
+  }
+}
+
+// x != 0 in the accumulation type (a tiny float64 is not zero; -0.0 and +0.0 are both zero).
+template <typename scalar_t>
+inline bool is_nonzero(scalar_t x) {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  return static_cast<acc_t>(x) != acc_t(0);
+}
+
+// Bits of x != 0 for 64 elements (bit j = element j), from the raw bits without the sign: the
+// compare loop vectorizes, and 8 flag bytes become 8 bits with one multiply (each flag lands
+// on its own bit of the top byte, no carries). NaN counts as nonzero, -0.0 as zero.
+template <typename scalar_t>
+inline uint64_t nonzero_bits64(const scalar_t* x) {
+  using raw_t = std::conditional_t<sizeof(scalar_t) == 2, uint16_t,
+                                   std::conditional_t<sizeof(scalar_t) == 4, uint32_t, uint64_t>>;
+  constexpr raw_t kMagnitude = static_cast<raw_t>(~(raw_t(1) << (8 * sizeof(raw_t) - 1)));
+  raw_t raw[64];
+  std::memcpy(raw, x, sizeof(raw));
+  uint8_t flags[64];
+  for (int j = 0; j < 64; ++j) flags[j] = (raw[j] & kMagnitude) != 0;
+  uint64_t m = 0;
+  for (int g = 0; g < 8; ++g) {
+    uint64_t w;
+    std::memcpy(&w, flags + 8 * g, 8);
+    m |= ((w * 0x0102040810204080ull) >> 56) << (8 * g);
+  }
+  return m;
+}
+
+// Packs the nonzero flags of a row of `cols` values into packed_row_bytes(cols) bytes (padding
+// bits zero); returns the row's nonzero count.
+template <typename scalar_t>
+inline int64_t pack_nonzero_row(const scalar_t* x, int64_t cols, uint8_t* bits) {
+  int64_t count = 0;
+  int64_t c = 0;
+  for (; c + 64 <= cols; c += 64) {
+    const uint64_t m = nonzero_bits64(x + c);
+    std::memcpy(bits + c / 8, &m, 8);
+    count += popcount64(m);
+  }
+  for (; c < cols; c += 8) {
+    uint8_t b = 0;
+    for (int j = 0; j < 8 && c + j < cols; ++j) b |= static_cast<uint8_t>(is_nonzero(x[c + j]) << j);
+    bits[c / 8] = b;
+    count += popcount64(b);
+  }
+  return count;
+}
+
+// f(column) for every set bit of one packed row, in column order.
+template <typename F>
+inline void for_each_set_column(const uint8_t* bits, int64_t row_bytes, const F& f) {
+  for (int64_t b = 0; b < row_bytes; b += 8) {
+    const int64_t base = b * 8;
+    for_each_set_bit(load_bits(bits + b, row_bytes - b), [&](int j) { f(base + j); });
   }
 }
 

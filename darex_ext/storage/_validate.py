@@ -45,15 +45,19 @@ def _real(meta: dict, key: str, name: str | None, *, required: bool):
         if required:
             raise FormatError(f"{label(name)}: metadata {key!r} is missing")
         return None
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
-        raise FormatError(f"{label(name)}: metadata {key!r} must be a finite number, got {v!r}")
+    try:
+        ok = not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(float(v))
+    except OverflowError:  # an int too large for a float
+        ok = False
+    if not ok:
+        raise FormatError(f"{label(name)}: metadata {key!r} must be a finite number, got {v!r:.80}")
     return float(v)
 
 
 def _int(meta: dict, key: str, name: str | None, lo: int, hi: int, *, default=None):
     v = meta.get(key, default)
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not lo <= int(v) <= hi:
-        raise FormatError(f"{label(name)}: metadata {key!r} must be an int in [{lo}, {hi}], got {v!r}")
+        raise FormatError(f"{label(name)}: metadata {key!r} must be an int in [{lo}, {hi}], got {v!r:.80}")
     return int(v)
 
 

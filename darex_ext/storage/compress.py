@@ -25,10 +25,9 @@ def _q_json(q):
     return float(q)
 
 
-def _pick_format(pruned: torch.Tensor) -> str:
-    kept = int(torch.count_nonzero(pruned))
+def _smaller_is_csr(pruned: torch.Tensor, kept: int) -> bool:
     sizes = {f: format_nbytes(f, pruned.shape, pruned.dtype, kept) for f in ("bitmask", "csr")}
-    return "csr" if sizes["csr"] < sizes["bitmask"] else "bitmask"
+    return sizes["csr"] < sizes["bitmask"]
 
 
 def compress(pruned: torch.Tensor, format: str = "auto", *, method: str | None = None,
@@ -49,12 +48,14 @@ def compress(pruned: torch.Tensor, format: str = "auto", *, method: str | None =
         raise ValueError(f"format must be one of {_COMPRESS_FORMATS}, got {format!r}")
     if method is not None and not isinstance(method, str):
         raise TypeError(f"method must be a string or None, got {type(method).__name__}")
-    fmt = _pick_format(pruned) if format == "auto" else format
     meta = {"method": method, "p": None if p is None else _checks.real(p, "p"), "q": _q_json(q)}
-    if fmt == "bitmask":
+    fmt = format
+    if format in ("auto", "bitmask"):
+        # The bitmask pack is cheaper than counting nonzeros first; its count decides "auto".
         values, bitmask, row_offsets = kernels.bitmask_pack(pruned)
+        fmt = "csr" if format == "auto" and _smaller_is_csr(pruned, values.numel()) else "bitmask"
         payload = {"compressed": values, "bitmask": bitmask, "row_offsets": row_offsets}
-    else:
+    if fmt == "csr":
         crow, col, values = kernels.csr_pack(pruned)
         payload = {"crow": crow, "col": col, "values": values}
     return SparseDelta(fmt, tuple(pruned.shape), pruned.dtype, payload, meta)

@@ -107,9 +107,9 @@ def _parse_index(meta: dict[str, str]) -> dict[str, dict]:
     for name, entry in index.items():
         if not isinstance(entry, dict):
             raise FormatError(f"{label(name)}: index entry must be an object, got {entry!r}")
-        if entry.get("format") not in FORMATS:
+        if not isinstance(entry.get("format"), str) or entry["format"] not in FORMATS:
             raise FormatError(f"{label(name)}: unknown format {entry.get('format')!r}")
-        if entry.get("dtype") not in DTYPES_BY_NAME:
+        if not isinstance(entry.get("dtype"), str) or entry["dtype"] not in DTYPES_BY_NAME:
             raise FormatError(f"{label(name)}: unknown dtype {entry.get('dtype')!r}")
         check_shape(entry.get("shape"), name)
     return index
