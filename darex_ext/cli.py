@@ -1,4 +1,4 @@
-"""The `darex` command: `darex bench`, `darex version`.
+"""The `darex` command: `darex bench | version | prune | apply | merge | inspect | demo`.
 
 Exit codes: 0 success, 2 usage error (argparse), 1 failure with a one-line reason on stderr
 (`--traceback` shows the full traceback instead).
@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+
+from ._commands import MODEL_COMMANDS, add_model_commands
 
 __all__ = ["build_parser", "main"]
 
@@ -25,6 +27,7 @@ def build_parser(prog: str = "darex") -> argparse.ArgumentParser:
     sub.add_parser("bench", add_help=False,
                    help="benchmark fused prune_/dare against the PyTorch way (see `darex bench --help`)")
     sub.add_parser("version", help="print the version and how the extension was built")
+    add_model_commands(sub)
     return parser
 
 
@@ -55,6 +58,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "darex") -> int:
     if rest and args.command not in _FORWARDING:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
+        if args.command in MODEL_COMMANDS:
+            return MODEL_COMMANDS[args.command](args, args.subparser)
         return _COMMANDS[args.command](rest, prog)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -185,7 +185,7 @@ at::Tensor kept_abs_sum_cpu(const at::Tensor& delta, double p, int64_t seed, int
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t s = blk * kWords;
         const int64_t count = std::min(kWords, n - s);
-        philox_fill(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset + s), count, words);
+        philox_fill(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + static_cast<uint64_t>(s), count, words);
         double k = 0.0, t = 0.0;
         for (int64_t j = 0; j < count; ++j) {
           const double a = std::abs(static_cast<double>(v[s + j]));

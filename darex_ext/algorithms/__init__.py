@@ -1,7 +1,7 @@
 """darex_ext.algorithms: the DARE / DAREx / DPPA algorithms as documented functions.
 
 Heavy loops run in the darex kernels; these modules choose what to prune and how much
-(DESIGN.md layers: they call the ops, never the reverse).
+(DESIGN.md layers: they call the ops, never the reverse); merge methods for N fine-tunes.
 """
 
 from __future__ import annotations
@@ -43,3 +43,8 @@ __all__ += [
     "dppa_densities", "dynamic_prune_", "group_by_block", "partitions", "search_amplification",
     "lora_layers", "prune_lora",
 ]
+
+# merge (issue 6)
+from .merge import MERGE_METHODS, dare_linear, dare_ties, merge_tensor, task_arithmetic, ties  # noqa: E402
+
+__all__ += ["MERGE_METHODS", "task_arithmetic", "ties", "dare_ties", "dare_linear", "merge_tensor"]

@@ -1,0 +1,123 @@
+"""`darex apply`: rebuild a model from a base checkpoint and a delta directory.
+
+The delta's metadata records the fine-tuned model's layout (shards, names, order), so the
+rebuilt directory has the same files as `darex prune --format dense` would have written, byte
+for byte: per tensor, `base.add_(delta)` for a stored delta, the stored tensor for one kept as
+it was, or the base tensor where the fine-tune did not change it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import torch
+
+from ._malloc import fixed_mmap_threshold
+from .checkpoint import Checkpoint
+from .compat import CheckpointMismatch
+from .output import DELTA_FILE, DENSE_FILE, write_model
+from .workers import run_workers
+from .writer import Layout
+
+__all__ = ["apply_delta", "delta_paths"]
+
+
+def delta_paths(path: str) -> tuple[str, str | None, str | None]:
+    """(delta.safetensors, dense.safetensors or None, directory for side files or None)."""
+    if os.path.isdir(path):
+        delta = os.path.join(path, DELTA_FILE)
+        if not os.path.isfile(delta):
+            raise FileNotFoundError(f"{path}: no {DELTA_FILE} (is it a darex delta directory?)")
+        dense = os.path.join(path, DENSE_FILE)
+        return delta, (dense if os.path.isfile(dense) else None), path
+    if os.path.isfile(path):
+        return path, None, None
+    raise FileNotFoundError(f"{path}: no such file or directory")
+
+
+def _side_files(directory: str | None) -> list[str]:
+    if directory is None:
+        return []
+    return sorted(e for e in os.listdir(directory) if os.path.isfile(os.path.join(directory, e))
+                  and not e.startswith(".") and e not in (DELTA_FILE, DENSE_FILE))
+
+
+def _check(base: Checkpoint, layout: Layout, stored: set[str]) -> None:
+    problems = []
+    for name, e in layout.entries().items():
+        if name in stored:
+            continue
+        info = base.infos.get(name)
+        if info is None:
+            problems.append(f"{name}: missing from the base")
+        elif info.dtype != e.dtype or info.shape != e.shape:
+            problems.append(f"{name}: {info.dtype}{tuple(info.shape)} in the base but "
+                            f"{e.dtype}{tuple(e.shape)} in the delta")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise CheckpointMismatch("the base does not match the delta: " + "; ".join(problems[:5]) + more)
+
+
+def _open(base: str, delta: str):
+    from .. import storage
+
+    delta_file, dense_file, side_dir = delta_paths(delta)
+    deltas = storage.load(delta_file)
+    layout_json = (deltas.metadata or {}).get("darex.layout")
+    if not layout_json:
+        raise ValueError(f"{delta_file}: no darex.layout metadata (not written by darex prune)")
+    layout = Layout.from_json(layout_json)
+    dense = Checkpoint(dense_file) if dense_file else None
+    b = Checkpoint(base)
+    stored = set(dense.infos) if dense else set()
+    unknown = [n for n in list(deltas) + sorted(stored) if n not in layout.entries()]
+    if unknown:
+        raise ValueError(f"{delta_file}: tensors not in its layout: {unknown[:5]}")
+    _check(b, layout, stored)
+    for name in deltas:
+        e, info = layout.entries()[name], b.infos[name]
+        d = deltas[name]
+        if tuple(d.shape) != e.shape or d.dtype != e.dtype:
+            raise CheckpointMismatch(f"{name}: delta is {d.dtype}{tuple(d.shape)}, layout says {e.dtype}{e.shape}")
+        del info
+    return b, deltas, dense, layout, side_dir
+
+
+def _job(group, base: str, delta: str, out: str, device: str, overwrite: bool, show_progress: bool) -> dict[str, Any]:
+    fixed_mmap_threshold()
+    start = time.perf_counter()
+    b, deltas, dense, layout, side_dir = _open(base, delta)
+    del device  # the storage decoders run on the CPU; a sparse scatter-add is not worth a copy
+
+    def compute(name: str) -> torch.Tensor:
+        if dense is not None and name in dense:
+            return dense.get(name)
+        t = b.get(name)
+        if name in deltas:
+            deltas[name].add_to_(t)
+        return t
+
+    try:
+        summary = write_model(group, out, layout, compute, side_dir=side_dir, side_files=_side_files(side_dir),
+                              overwrite=overwrite, show_progress=show_progress, desc="applying")
+    finally:
+        close = getattr(deltas, "close", None)
+        if close is not None:
+            close()
+    summary["seconds"] = time.perf_counter() - start
+    return summary
+
+
+def apply_delta(base: str | os.PathLike, delta: str | os.PathLike, out: str | os.PathLike, *,
+                workers: int = 1, device: str = "cpu", overwrite: bool = False,
+                show_progress: bool = False) -> dict[str, Any]:
+    """Write base + delta as a model directory `out` (layout of the model the delta came from)."""
+    base, delta, out = os.fspath(base), os.fspath(delta), os.fspath(out)
+    b, deltas, _dense, _layout, _side = _open(base, delta)  # fail before any worker starts
+    close = getattr(deltas, "close", None)
+    if close is not None:
+        close()
+    del b
+    return run_workers(_job, (base, delta, out, device, overwrite, show_progress), workers=workers, device=device)

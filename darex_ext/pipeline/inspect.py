@@ -1,0 +1,140 @@
+"""`darex inspect`: a per-tensor table of a delta directory/file or a model (optionally against
+its base): format, density, bytes per parameter, delta statistics, recommended method."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import IO
+
+import torch
+
+from .checkpoint import Checkpoint, read_header
+from .output import DELTA_FILE
+
+__all__ = ["inspect_path", "is_delta", "recommendation"]
+
+
+def is_delta(path: str) -> bool:
+    if os.path.isdir(path):
+        return os.path.isfile(os.path.join(path, DELTA_FILE))
+    if os.path.isfile(path) and path.endswith(".safetensors"):
+        _, meta = read_header(path)
+        return "darex.format" in meta or "darex.layout" in meta
+    return False
+
+
+def recommendation(delta: torch.Tensor, p: float) -> str:
+    """darex_ext.algorithms.recommend's method for this delta at drop rate p, from the delta
+    alone (no labels, no activation statistics, fine-tuning not under our control); "-" when
+    this build has no recommend or the delta is empty."""
+    try:
+        from ..algorithms import recommend
+    except ImportError:
+        return "-"
+    if delta.numel() == 0 or not 0.0 < p < 1.0:
+        return "-"
+    advice = recommend(delta, p, has_labels=False, has_calibration_data=False)
+    q = getattr(advice, "q", None)
+    return str(getattr(advice, "method", advice)) + (f" ({q} q)" if q else "")
+
+
+def _stats(t: torch.Tensor) -> tuple[float, float, float]:
+    """(fraction nonzero, max |x|, rms) in float64."""
+    if t.numel() == 0:
+        return 0.0, 0.0, 0.0
+    x = t.detach().to(torch.float64).reshape(-1)
+    return (float((x != 0).sum()) / x.numel(), float(x.abs().max()), float(x.square().mean().sqrt()))
+
+
+def _shape(shape) -> str:
+    return "x".join(str(s) for s in shape) or "()"
+
+
+def _table(rows: list[list[str]], header: list[str], out: IO[str]) -> None:
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    print(line(header), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for r in rows:
+        print(line(r), file=out)
+
+
+def _inspect_delta(path: str, limit: int, p: float, out: IO[str]) -> None:
+    from .. import storage
+    from .apply import delta_paths
+
+    delta_file, dense_file, _ = delta_paths(path)
+    rows, total_bytes, total_params = [], 0, 0
+    with storage.load(delta_file) as deltas:
+        meta = dict(deltas.metadata or {})
+        try:
+            p = float(meta.get("darex.p", p))
+        except ValueError:
+            pass
+        for i, name in enumerate(deltas):
+            d = deltas[name]
+            numel = 1
+            for s in d.shape:
+                numel *= s
+            total_bytes += d.nbytes
+            total_params += numel
+            if limit and i >= limit:
+                continue
+            dense = d.to_dense()
+            _, absmax, rms = _stats(dense)
+            rows.append([name, d.format, _shape(d.shape), f"{d.density:.4f}", f"{d.nbytes / max(numel, 1):.3f}",
+                         f"{d.nbytes:,}", f"{absmax:.3g}", f"{rms:.3g}", recommendation(dense, p)])
+    if dense_file:
+        ck = Checkpoint(dense_file)
+        for name, info in ck.infos.items():
+            total_bytes += info.nbytes
+            total_params += info.numel
+            if not limit or len(rows) < limit:
+                rows.append([name, "stored", _shape(info.shape), "1.0000", f"{info.nbytes / max(info.numel, 1):.3f}",
+                             f"{info.nbytes:,}", "", "", ""])
+    keys = ("darex.method", "darex.p", "darex.q", "darex.seed", "darex.format")
+    print("delta " + path + ": " + ", ".join(f"{k.split('.', 1)[1]}={meta[k]}" for k in keys if meta.get(k)), file=out)
+    _table(rows, ["tensor", "format", "shape", "density", "B/param", "bytes", "max|d|", "rms(d)", "recommended"], out)
+    print(f"total: {len(rows)} tensors shown, {total_params:,} parameters in {total_bytes:,} bytes "
+          f"({total_bytes / max(total_params, 1):.3f} B/param)", file=out)
+
+
+def _inspect_model(path: str, base: str | None, limit: int, p: float, out: IO[str]) -> None:
+    ck = Checkpoint(path)
+    b = Checkpoint(base) if base else None
+    rows = []
+    for i, (name, info) in enumerate(ck.infos.items()):
+        if limit and i >= limit:
+            break
+        row = [name, str(info.dtype).replace("torch.", ""), _shape(info.shape), f"{info.nbytes / max(info.numel, 1):.3f}"]
+        t = ck.get(name)
+        if b is not None and name in b and b.infos[name].shape == info.shape and info.dtype.is_floating_point:
+            delta = t.to(torch.float32) - b.get(name).to(torch.float32)
+            density, absmax, rms = _stats(delta)
+            row += [f"{density:.4f}", f"{absmax:.3g}", f"{rms:.3g}", recommendation(delta, p)]
+        elif b is not None:
+            row += ["", "", "", "(not in base)" if name not in b else ""]
+        else:
+            _, absmax, rms = _stats(t) if info.dtype.is_floating_point else (0, 0.0, 0.0)
+            row += [f"{absmax:.3g}", f"{rms:.3g}"]
+        rows.append(row)
+    head = ["tensor", "dtype", "shape", "B/param"]
+    head += ["density(d)", "max|d|", "rms(d)", "recommended"] if b is not None else ["max|x|", "rms(x)"]
+    print(f"model {path}" + (f" against base {base}" if base else "") + f": {len(ck.infos)} tensors, "
+          f"{sum(t.numel for t in ck.infos.values()):,} parameters", file=out)
+    _table(rows, head, out)
+
+
+def inspect_path(path: str, *, base: str | None = None, limit: int = 0, p: float = 0.99,
+                 out: IO[str] | None = None) -> None:
+    """Print the table. p: the drop rate the recommendation is for (a delta's own p wins)."""
+    out = out or sys.stdout
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if is_delta(path):
+        if base is not None:
+            raise ValueError("--base applies to a model, not to a delta")
+        _inspect_delta(path, limit, p, out)
+    else:
+        _inspect_model(path, base, limit, p, out)

@@ -1,0 +1,317 @@
+"""`darex prune`: base + fine-tuned checkpoints in, a pruned model or a compact delta out.
+
+Per selected tensor, with `seed_t = tensor_seed(seed, name)`:
+
+    delta  = finetuned - base                      (in the tensor's dtype)
+    pruned = prune(delta)                          (dare / darex-q: darex_ext.prune_(delta, p, q,
+                                                    seed=seed_t); magnitude / wanda: exact top-k)
+    dense output = base + pruned                   (base.add_(pruned): one rounding)
+
+A delta file stores `pruned` (seeded: kept values + seed; bitmask/csr: compressed), so
+`darex apply` recomputes base + pruned with the same arithmetic and reproduces the dense output
+bit for bit. Tensors that are not selected are copied from the fine-tuned model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .._version import __version__
+from ..ops import dare, keep_mask, prune_
+from ..seeds import resolve_seed, tensor_seed
+from ..topk import magnitude_prune_, wanda_prune_
+from ._malloc import fixed_mmap_threshold
+from .checkpoint import Checkpoint
+from .compat import check_pair
+from .output import write_delta, write_model
+from .select import PRESETS, select_names
+from .workers import run_workers
+from .writer import layout_of
+
+__all__ = ["PruneConfig", "METHODS", "FORMATS", "plan_prune", "prune_model", "prune_delta", "dense_tensor", "dppa_rates",
+           "bitwise_equal"]
+
+METHODS = ("dare", "darex-q", "magnitude", "wanda", "dppa")
+FORMATS = ("dense", "seeded", "bitmask", "csr")
+_RANDOM = ("dare", "darex-q")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """What `darex prune` does. p is the drop rate; q the rescale (kept -> x/q)."""
+
+    method: str = "dare"
+    p: float = 0.9
+    q: float | None = None
+    q_mode: str = "fixed"          # "fixed" (q or 1-p) | "analytic" (per-row, needs stats)
+    seed: int = 0
+    format: str = "dense"
+    preset: str = "all"
+    include: tuple[str, ...] = field(default_factory=tuple)
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+    device: str = "cpu"
+    stats: str | None = None       # safetensors with "<module>.x_mean" / "<module>.act_norm"
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+        if not (0.0 <= self.p < 1.0):
+            raise ValueError(f"p (the drop rate) must be in [0, 1), got {self.p}")
+        if self.q is not None and self.q <= 0.0:
+            raise ValueError(f"q must be > 0, got {self.q}")
+        if self.q_mode not in ("fixed", "analytic"):
+            raise ValueError(f"q_mode must be 'fixed' or 'analytic', got {self.q_mode!r}")
+        if self.method == "dare" and (self.q is not None or self.q_mode == "analytic"):
+            raise ValueError("method 'dare' rescales by 1/(1-p); use --method darex-q to set q")
+        if self.method == "darex-q" and self.q is None and self.q_mode != "analytic":
+            raise ValueError("method 'darex-q' needs --q Q or --q-mode analytic")
+        if self.q_mode == "analytic" and self.method != "darex-q":
+            raise ValueError("--q-mode analytic applies to --method darex-q")
+        if (self.q_mode == "analytic" or self.method == "wanda") and self.stats is None:
+            raise ValueError(f"{'--q-mode analytic' if self.method != 'wanda' else '--method wanda'} "
+                             "needs --stats (a safetensors file of per-module input statistics)")
+        if self.format == "seeded" and self.method not in _RANDOM:
+            raise ValueError(f"format 'seeded' stores a DARE mask by its seed; method {self.method!r} "
+                             "is not seeded (use bitmask or csr)")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        resolve_seed(self.seed)
+
+
+def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+
+
+class _Stats:
+    """Lazy per-module statistics: `<module>.x_mean` (DAREx analytic q), `<module>.act_norm` (WANDA)."""
+
+    def __init__(self, path: str | None):
+        self._path = path
+        self._handle = None
+        self._keys: set[str] = set()
+        if path is not None:
+            from safetensors import safe_open
+
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"--stats file {path!r} does not exist")
+            self._handle = safe_open(path, framework="pt", device="cpu")
+            self._keys = set(self._handle.keys())
+
+    def get(self, tensor_name: str, kind: str) -> torch.Tensor | None:
+        module = tensor_name[: -len(".weight")] if tensor_name.endswith(".weight") else tensor_name
+        key = f"{module}.{kind}"
+        return self._handle.get_tensor(key) if key in self._keys else None
+
+
+def _analytic_q(delta: torch.Tensor, x_mean: torch.Tensor, p: float) -> torch.Tensor:
+    analytic_q = _require("analytic_q", "--q-mode analytic")
+    return analytic_q(delta, x_mean.to(delta.device), p)
+
+
+def _q_for(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats):
+    if cfg.q_mode == "analytic" and delta.dim() == 2:
+        x_mean = stats.get(name, "x_mean")
+        if x_mean is not None:
+            return _analytic_q(delta, x_mean, cfg.p)
+    return cfg.q
+
+
+def prune_delta(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats | None = None, *,
+                drop_rates: dict[str, float] | None = None) -> torch.Tensor:
+    """Prune one tensor's delta in place, exactly as `darex prune` does; returns it.
+
+    dppa: `drop_rates` are the per-tensor drop rates of DPPA's dynamic pruning (`dppa_rates`);
+    a tensor DPPA does not group into a block is magnitude-pruned at p.
+    """
+    stats = stats or _Stats(None)
+    if cfg.method in _RANDOM:
+        return prune_(delta, cfg.p, _q_for(name, delta, cfg, stats), seed=tensor_seed(cfg.seed, name))
+    if cfg.method == "magnitude":
+        return magnitude_prune_(delta, cfg.p, q=cfg.q)
+    if cfg.method == "wanda":
+        act = stats.get(name, "act_norm") if delta.dim() == 2 else None
+        if act is None:  # biases, norms, tensors without statistics: magnitude
+            return magnitude_prune_(delta, cfg.p, q=cfg.q)
+        return wanda_prune_(delta, act.to(delta.device), cfg.p, q=cfg.q)
+    if drop_rates is None:
+        raise ValueError("method 'dppa' needs drop_rates (see dppa_rates)")
+    return magnitude_prune_(delta, drop_rates.get(name, cfg.p), q=cfg.q)
+
+
+def _require(name: str, what: str):
+    from .. import algorithms
+
+    fn = getattr(algorithms, name, None)
+    if fn is None:
+        raise RuntimeError(f"{what} needs darex_ext.algorithms.{name}, which this build does not have")
+    return fn
+
+
+class _LazyDeltas(Mapping):
+    """name -> finetuned - base, computed on each lookup, so DPPA's statistics pass over a model
+    holds at most one block of deltas in memory."""
+
+    def __init__(self, base: Checkpoint, finetuned: Checkpoint, names: list[str]):
+        self._b, self._f, self._names = base, finetuned, names
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._names:
+            raise KeyError(name)
+        return torch.sub(self._f.get(name), self._b.get(name))
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def dppa_rates(base: Checkpoint, finetuned: Checkpoint, selected: list[str], p: float) -> dict[str, float]:
+    """DPPA dynamic pruning's per-tensor drop rates for the selected matrices (one extra read of
+    both models; see darex_ext.algorithms.dppa_densities)."""
+    dppa_densities = _require("dppa_densities", "--method dppa")
+    matrices = [n for n in selected if len(finetuned.infos[n].shape) == 2]
+    return dppa_densities(_LazyDeltas(base, finetuned, matrices), p).drop_rates()
+
+
+def dense_tensor(name: str, base: torch.Tensor, finetuned: torch.Tensor, cfg: PruneConfig,
+                 stats: _Stats | None = None, drop_rates: dict[str, float] | None = None) -> torch.Tensor:
+    """base + pruned delta for one tensor, bit for bit what `darex apply` computes from the delta
+    file: SparseDelta.add_to_ changes only the stored entries, each rounded once from float32
+    (float64), so a dropped entry keeps base's exact bits.
+
+    float32/float64 DARE runs the fused `darex_ext.dare` kernel (one pass, the same arithmetic).
+    Half types first round the delta to the model's dtype, as the stored delta is. Works on any
+    device the ops support; `base` may be overwritten.
+    """
+    stats = stats or _Stats(None)
+    if cfg.method in _RANDOM:
+        seed = tensor_seed(cfg.seed, name)
+        if base.dtype in (torch.float32, torch.float64) and cfg.q_mode != "analytic":
+            return dare(finetuned, base, cfg.p, cfg.q, seed=seed, out=base)
+        delta = torch.sub(finetuned, base)
+        q = _q_for(name, delta, cfg, stats)
+        if base.dtype in (torch.float32, torch.float64):
+            return dare(finetuned, base, cfg.p, q, seed=seed, out=base)
+        prune_(delta, cfg.p, q, seed=seed)
+        touched = keep_mask(delta, cfg.p, seed=seed)     # a seeded delta stores every kept entry
+    else:
+        delta = prune_delta(name, torch.sub(finetuned, base), cfg, stats, drop_rates=drop_rates)
+        touched = delta != 0                            # bitmask/csr store the nonzero entries
+    return torch.where(touched, base + delta, base)
+
+
+def _compress(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats, drop_rates):
+    from .. import storage
+
+    delta = delta.cpu()  # the storage encoders run on the CPU
+
+    if cfg.format == "seeded":
+        q = _q_for(name, delta, cfg, stats)
+        return storage.compress_dare(delta, cfg.p, q, seed=tensor_seed(cfg.seed, name), format="seeded",
+                                     method=cfg.method)
+    pruned = prune_delta(name, delta, cfg, stats, drop_rates=drop_rates)
+    q = cfg.q if isinstance(cfg.q, float) else None
+    return storage.compress(pruned, format=cfg.format, method=cfg.method, p=cfg.p, q=q)
+
+
+@dataclass
+class Plan:
+    selected: list[str]
+    notes: list[str]
+    tensors: int
+    params_selected: int
+    bytes_total: int
+
+
+def plan_prune(base: str, finetuned: str, cfg: PruneConfig) -> Plan:
+    """Open both checkpoints (headers only), select the tensors and check they fit together."""
+    b, f = Checkpoint(base), Checkpoint(finetuned)
+    names = f.names()
+    selected = select_names(names, {n: f.infos[n].dtype for n in names}, preset=cfg.preset,
+                            include=cfg.include, exclude=cfg.exclude)
+    notes = check_pair(b, f, selected)
+    return Plan(selected, notes, len(names), sum(f.infos[n].numel for n in selected),
+                sum(t.nbytes for t in f.infos.values()))
+
+
+def _job(group, base: str, finetuned: str, out: str, cfg: PruneConfig, overwrite: bool,
+         show_progress: bool) -> dict[str, Any]:
+    fixed_mmap_threshold()
+    start = time.perf_counter()
+    plan = plan_prune(base, finetuned, cfg)
+    b, f = Checkpoint(base), Checkpoint(finetuned)
+    selected = set(plan.selected)
+    stats = _Stats(cfg.stats)
+    device = torch.device(cfg.device)
+    side = f.side_files()
+    layout = layout_of(f)
+    drop_rates = dppa_rates(b, f, plan.selected, cfg.p) if cfg.method == "dppa" else None
+
+    if cfg.format == "dense":
+        def compute(name: str) -> torch.Tensor:
+            ft = f.get(name)
+            if name not in selected:
+                return ft
+            return dense_tensor(name, b.get(name).to(device), ft.to(device), cfg, stats, drop_rates).cpu()
+
+        summary = write_model(group, out, layout, compute, side_dir=f.directory, side_files=side,
+                              overwrite=overwrite, show_progress=show_progress, desc="pruning")
+    else:
+        def compute_delta(name: str):
+            ft = f.get(name)
+            if name not in selected:
+                if name in b and bitwise_equal(b.get(name), ft):
+                    return "skip", None
+                return "dense", ft
+            base_t = b.get(name).to(device)
+            delta = torch.sub(ft.to(device), base_t)
+            del ft, base_t
+            return "delta", _compress(name, delta, cfg, stats, drop_rates).to("cpu")
+
+        names = [e.name for fl in layout.files for e in fl.entries]
+        entries = layout.entries()
+        metadata = {"darex.version": __version__, "darex.method": cfg.method, "darex.p": repr(cfg.p),
+                    "darex.q": "" if cfg.q is None else repr(cfg.q), "darex.q_mode": cfg.q_mode,
+                    "darex.seed": str(resolve_seed(cfg.seed)), "darex.format": cfg.format,
+                    "darex.layout": layout.to_json()}
+        summary = write_delta(group, out, names, [entries[n].nbytes for n in names], compute_delta,
+                              metadata=metadata, side_dir=f.directory, side_files=side, overwrite=overwrite,
+                              show_progress=show_progress)
+    summary = dict(summary or {})
+    summary.update(selected=len(plan.selected), tensors=plan.tensors, params_selected=plan.params_selected,
+                   read_bytes=plan.bytes_total, seconds=time.perf_counter() - start, notes=plan.notes,
+                   config=asdict(cfg))
+    return summary
+
+
+def prune_model(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.PathLike,
+                config: PruneConfig | None = None, *, workers: int = 1, overwrite: bool = False,
+                show_progress: bool = False) -> dict[str, Any]:
+    """Prune `finetuned` against `base` into `out` (a model directory for format "dense",
+    else a directory with delta.safetensors). Checks everything before writing anything."""
+    cfg = config or PruneConfig()
+    base, finetuned, out = os.fspath(base), os.fspath(finetuned), os.fspath(out)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    plan_prune(base, finetuned, cfg)  # fail before any worker starts
+    if cfg.method == "dppa":
+        _require("dppa_densities", "--method dppa")  # a clear error before any work
+    if cfg.q_mode == "analytic":
+        _require("analytic_q", "--q-mode analytic")
+    if cfg.format != "dense":
+        from .. import storage  # noqa: F401  (a clear ImportError before any work)
+    return run_workers(_job, (base, finetuned, out, cfg, overwrite, show_progress), workers=workers,
+                       device=cfg.device)
