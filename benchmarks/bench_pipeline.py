@@ -5,6 +5,9 @@ The script writes a base and a fine-tuned checkpoint (sharded safetensors + inde
 random weights, fine-tuned = base + small noise), then, in the same run:
 
   read ceiling   read every byte of both checkpoints (sequential 16 MiB reads) in a child process
+  write ceiling  write one model's worth of (non-constant) bytes with 16 MiB pwrites + fsync, in a
+                 child process: a dense output must also be written, and on some disks writing is
+                 far slower than reading, so each step is also shown against read + writing its output
   darex prune    `darex prune BASE FT -o OUT --format dense -p 0.99` (and, with --formats, the
                  delta formats), each in a fresh child process, timed from after its imports
                  (interpreter start and `import torch` are a constant few seconds)
@@ -138,6 +141,23 @@ print(n, time.perf_counter() - t)
 """
 
 
+_WRITER = """
+import os, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+buf = bytearray(os.urandom(1 << 20)) * 16
+t = time.perf_counter()
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+pos = 0
+while pos < n:
+    buf[0] = (buf[0] + 1) % 256  # distinct blocks: no storage layer may dedupe them
+    k = os.pwrite(fd, memoryview(buf)[: min(len(buf), n - pos)], pos)
+    pos += k
+os.fsync(fd)
+os.close(fd)
+print(n, time.perf_counter() - t)
+"""
+
+
 # Runs `darex ARGS` after the imports, so the time is the command's own (interpreter start and
 # `import torch` are a constant few seconds, not part of streaming a checkpoint); prints that
 # time and the peak RSS: VmHWM of this process (ru_maxrss would carry over the benchmark's own
@@ -203,6 +223,10 @@ def main(argv=None) -> int:
         _, out = run_child([sys.executable, "-c", _READER, *files])
         nbytes, read_s = out.split()
         read_s = float(read_s)
+        scratch = os.path.join(root, "write-ceiling.bin")
+        _, out = run_child([sys.executable, "-c", _WRITER, scratch, str(model_bytes)])
+        os.unlink(scratch)
+        write_s = float(out.split()[1])
         rows = []
         limit = 3 * largest + GiB
         for fmt in args.formats:
@@ -220,19 +244,22 @@ def main(argv=None) -> int:
             shutil.rmtree(out_dir, ignore_errors=True)
 
         gbps = 2 * model_bytes / read_s / 1e9
+        wbps = model_bytes / write_s / 1e9
         lines = [f"read ceiling: both checkpoints ({2 * model_bytes / GiB:.2f} GiB) in {read_s:.2f} s = {gbps:.2f} GB/s"
                  + (" (page cache warm)" if args.warm else " (page cache evicted)"),
+                 f"write ceiling: {model_bytes / GiB:.2f} GiB written + fsync in {write_s:.2f} s = {wbps:.2f} GB/s",
                  "",
-                 "| step | s | of read ceiling | peak RSS | limit 3x largest + 1 GiB | written |",
-                 "| --- | ---: | ---: | ---: | ---: | ---: |",
-                 f"| read both checkpoints | {read_s:.2f} | 1.00 | | | |"]
+                 "| step | s | of read ceiling | of read + write ceiling | peak RSS | limit 3x largest + 1 GiB | written |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+                 f"| read both checkpoints | {read_s:.2f} | 1.00 | | | | |"]
         ok = True
         for fmt, wall, peak, written in rows:
             frac = read_s / wall
             peak_s = f"{peak / GiB:.2f} GiB" if peak > 0 else "n/a"
             ok &= frac >= 0.70 and 0 < peak < limit
+            io_frac = (read_s + written / (wbps * 1e9)) / wall
             lines.append(f"| darex prune --format {fmt} -p {args.p} (workers {args.workers}) | {wall:.2f} | {frac:.2f} | "
-                         f"{peak_s} | {limit / GiB:.2f} GiB | {written / GiB:.3f} GiB |")
+                         f"{io_frac:.2f} | {peak_s} | {limit / GiB:.2f} GiB | {written / GiB:.3f} GiB |")
         lines.append("")
         lines.append(f"targets (>= 0.70 of the read ceiling, peak < 3x largest tensor ({largest / 2**20:.0f} MiB) + 1 GiB): "
                      + ("met" if ok else "NOT met"))

@@ -194,3 +194,24 @@ def test_killed_writer_leaves_no_partial_file(tmp_path):
     assert not path.exists()
     leftovers = os.listdir(tmp_path)
     assert all(name.startswith(".d.safetensors.tmp-") for name in leftovers)
+
+
+def test_save_is_byte_identical_across_processes(tmp_path):
+    # safetensors keeps `__metadata__` in a per-process hash map; save() sorts it so the same
+    # deltas give the same bytes in any process (multi-worker pipelines rely on it).
+    script = textwrap.dedent("""
+        import sys, torch
+        from darex_ext.storage import compress, compress_dare, save
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(64, 48, generator=g)
+        save(sys.argv[1], {"a": compress_dare(x, 0.9, seed=3), "b": compress(x * (x.abs() > 1), "csr")},
+             metadata={"k%d" % i: str(i) for i in range(20)})
+    """)
+    outs = []
+    for hash_seed in ("1", "2", "3"):
+        out = tmp_path / f"d{hash_seed}.safetensors"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), PYTHONHASHSEED=hash_seed)
+        proc = subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] == outs[2]

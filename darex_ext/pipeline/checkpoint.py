@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Checkpoint", "TensorInfo", "open_checkpoint", "DTYPE_CODES", "WEIGHT_FILE", "INDEX_FILE"]
+__all__ = ["Checkpoint", "ReadBuffer", "TensorInfo", "open_checkpoint", "DTYPE_CODES", "WEIGHT_FILE", "INDEX_FILE"]
 
 WEIGHT_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -92,6 +92,24 @@ def read_header(path: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     return {t.name: t for t in infos}, dict(metadata)
 
 
+class ReadBuffer:
+    """A grow-only byte buffer that successive reads reuse.
+
+    A fresh tensor-sized allocation is fresh pages from the kernel, one page fault per 4 KiB
+    (about a second per GB on the development VM, more than the read itself); reusing one
+    buffer per role (base, fine-tuned) pays that once, for the largest tensor.
+    """
+
+    def __init__(self) -> None:
+        self._data = torch.empty(0, dtype=torch.uint8)
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        if self._data.numel() < nbytes:
+            self._data = torch.empty(0, dtype=torch.uint8)  # free the old one first
+            self._data = torch.empty(nbytes, dtype=torch.uint8)
+        return self._data[:nbytes]
+
+
 class Checkpoint:
     """A model checkpoint opened for streaming reads.
 
@@ -166,28 +184,29 @@ class Checkpoint:
     def __contains__(self, name: str) -> bool:
         return name in self.infos
 
-    def get(self, name: str) -> torch.Tensor:
-        """Read one tensor (a fresh, writable CPU tensor).
+    def get(self, name: str, buffer: ReadBuffer | None = None) -> torch.Tensor:
+        """Read one tensor: a writable CPU tensor, fresh or (with `buffer`) a view of its memory.
 
         Positional reads rather than a memory map: mapped file pages would count toward the
         process's resident memory until the whole file is unmapped, so a memory-mapped reader
-        looks (and under a cgroup limit, is) as large as the checkpoint.
+        looks (and under a cgroup limit, is) as large as the checkpoint. A tensor read into a
+        `buffer` is valid until the next read into the same buffer.
         """
         info = self.infos[name]
+        if info.nbytes == 0:
+            return torch.empty(info.shape, dtype=info.dtype)
         handle = self._handles.get(info.file)
         if handle is None:
             handle = open(self.file_path(info.file), "rb", buffering=0)
             self._handles[info.file] = handle
-        buf = bytearray(info.nbytes)
-        view, pos, done = memoryview(buf), info.data_start + info.begin, 0
-        while done < len(buf):
+        raw = buffer.take(info.nbytes) if buffer is not None else torch.empty(info.nbytes, dtype=torch.uint8)
+        view, pos, done = memoryview(raw.numpy()), info.data_start + info.begin, 0
+        while done < info.nbytes:
             n = os.preadv(handle.fileno(), [view[done:]], pos + done)
             if n <= 0:
                 raise ValueError(f"{self.file_path(info.file)}: truncated while reading {name!r}")
             done += n
-        if not buf:
-            return torch.empty(info.shape, dtype=info.dtype)
-        return torch.frombuffer(buf, dtype=torch.uint8).view(info.dtype).reshape(info.shape)
+        return raw.view(info.dtype).reshape(info.shape)
 
     def side_files(self) -> list[str]:
         """Regular files to copy next to a written model: config, tokenizer, generation config."""

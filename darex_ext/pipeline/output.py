@@ -10,10 +10,8 @@ no partial output under the requested name.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -148,7 +146,6 @@ def write_delta(group: SoloGroup, out: str, names: Sequence[str], sizes: Sequenc
                 for n in sorted(found, key=order.__getitem__):
                     ordered[n] = found[n][n]
                 storage.save(os.path.join(tmp, DELTA_FILE), ordered, metadata=metadata)
-                canonical_metadata_order(os.path.join(tmp, DELTA_FILE))
             records = sorted(((r, rec) for r, recs in enumerate(all_dense) for rec in recs),
                              key=lambda item: order[item[1][0]])
             if records:
@@ -163,31 +160,6 @@ def write_delta(group: SoloGroup, out: str, names: Sequence[str], sizes: Sequenc
 
         summary = group.phase(finish)
     return summary
-
-
-def canonical_metadata_order(path: str) -> None:
-    """Sort the `__metadata__` keys of a safetensors header in place.
-
-    The safetensors writer keeps metadata in a hash map whose order changes from process to
-    process, which would make files written by different worker counts differ in bytes. The
-    sorted header has the same length, so only those bytes are rewritten.
-    """
-    with open(path, "r+b") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        raw = f.read(n)
-        text = raw.rstrip(b" ")
-        header = json.loads(text, object_pairs_hook=dict)
-        meta = header.get("__metadata__")
-        if not meta:
-            return
-        header["__metadata__"] = {k: meta[k] for k in sorted(meta)}
-        new = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        if len(new) != len(text) or json.loads(new) != json.loads(text):
-            return  # an unexpected serialization: leave the (valid) file alone
-        f.seek(8)
-        f.write(new)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _gather_dense(tmp: str, records) -> None:

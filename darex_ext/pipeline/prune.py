@@ -23,11 +23,11 @@ from typing import Any
 import torch
 
 from .._version import __version__
-from ..ops import dare, keep_mask, prune_
+from ..ops import dare, prune_
 from ..seeds import resolve_seed, tensor_seed
 from ..topk import magnitude_prune_, wanda_prune_
 from ._malloc import fixed_mmap_threshold
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, ReadBuffer
 from .compat import check_pair
 from .output import write_delta, write_model
 from .select import PRESETS, select_names
@@ -193,24 +193,29 @@ def dense_tensor(name: str, base: torch.Tensor, finetuned: torch.Tensor, cfg: Pr
     (float64), so a dropped entry keeps base's exact bits.
 
     float32/float64 DARE runs the fused `darex_ext.dare` kernel (one pass, the same arithmetic).
-    Half types first round the delta to the model's dtype, as the stored delta is. Works on any
-    device the ops support; `base` may be overwritten.
+    Half types first round the delta to the model's dtype, as the stored delta is, then add it
+    with the storage scatter kernels that `apply` uses. Works on any device the ops support;
+    both `base` and `finetuned` may be overwritten (the result is usually `base` itself).
     """
+    from .. import storage
+
     stats = stats or _Stats(None)
     if cfg.method in _RANDOM:
         seed = tensor_seed(cfg.seed, name)
         if base.dtype in (torch.float32, torch.float64) and cfg.q_mode != "analytic":
             return dare(finetuned, base, cfg.p, cfg.q, seed=seed, out=base)
-        delta = torch.sub(finetuned, base)
-        q = _q_for(name, delta, cfg, stats)
         if base.dtype in (torch.float32, torch.float64):
+            q = _q_for(name, torch.sub(finetuned, base), cfg, stats)
             return dare(finetuned, base, cfg.p, q, seed=seed, out=base)
-        prune_(delta, cfg.p, q, seed=seed)
-        touched = keep_mask(delta, cfg.p, seed=seed)     # a seeded delta stores every kept entry
-    else:
-        delta = prune_delta(name, torch.sub(finetuned, base), cfg, stats, drop_rates=drop_rates)
-        touched = delta != 0                            # bitmask/csr store the nonzero entries
-    return torch.where(touched, base + delta, base)
+        delta = torch.sub(finetuned, base, out=finetuned)
+        q = _q_for(name, delta, cfg, stats)
+        # A seeded delta stores every kept entry: its add touches exactly the mask's entries.
+        storage.compress_dare(delta, cfg.p, q, seed=seed).add_to_(base)
+        return base
+    delta = prune_delta(name, torch.sub(finetuned, base, out=finetuned), cfg, stats, drop_rates=drop_rates)
+    # bitmask/csr store the nonzero entries: only those are added, the rest keep base's bits.
+    storage.compress(delta, format="bitmask").add_to_(base)
+    return base
 
 
 def _compress(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats, drop_rates):
@@ -260,24 +265,28 @@ def _job(group, base: str, finetuned: str, out: str, cfg: PruneConfig, overwrite
     layout = layout_of(f)
     drop_rates = dppa_rates(b, f, plan.selected, cfg.p) if cfg.method == "dppa" else None
 
+    # One reusable buffer per role: each result is written out before the next read.
+    ft_buf, base_buf = ReadBuffer(), ReadBuffer()
     if cfg.format == "dense":
         def compute(name: str) -> torch.Tensor:
-            ft = f.get(name)
+            ft = f.get(name, ft_buf)
             if name not in selected:
                 return ft
-            return dense_tensor(name, b.get(name).to(device), ft.to(device), cfg, stats, drop_rates).cpu()
+            return dense_tensor(name, b.get(name, base_buf).to(device), ft.to(device), cfg, stats,
+                                drop_rates).cpu()
 
         summary = write_model(group, out, layout, compute, side_dir=f.directory, side_files=side,
                               overwrite=overwrite, show_progress=show_progress, desc="pruning")
     else:
         def compute_delta(name: str):
-            ft = f.get(name)
+            ft = f.get(name, ft_buf)
             if name not in selected:
-                if name in b and bitwise_equal(b.get(name), ft):
+                if name in b and bitwise_equal(b.get(name, base_buf), ft):
                     return "skip", None
                 return "dense", ft
-            base_t = b.get(name).to(device)
-            delta = torch.sub(ft.to(device), base_t)
+            base_t = b.get(name, base_buf).to(device)
+            ft = ft.to(device)
+            delta = torch.sub(ft, base_t, out=ft)
             del ft, base_t
             return "delta", _compress(name, delta, cfg, stats, drop_rates).to("cpu")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from collections.abc import Iterator, Mapping
 
 import torch
@@ -77,6 +78,32 @@ def save(path: str | os.PathLike, deltas: Mapping[str, SparseDelta],
         raise ValueError(f"delta metadata must be JSON-serialisable: {exc}") from exc
     with atomic_file(path) as tmp:
         save_file(tensors, tmp, metadata=header)
+        _canonical_metadata_order(tmp)
+
+
+def _canonical_metadata_order(path: str) -> None:
+    """Sort the `__metadata__` keys of a safetensors header in place.
+
+    The safetensors writer keeps metadata in a hash map whose order changes from process to
+    process, which would make files written by different worker counts differ in bytes. The
+    sorted header has the same length, so only those bytes are rewritten.
+    """
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        raw = f.read(n)
+        text = raw.rstrip(b" ")
+        header = json.loads(text, object_pairs_hook=dict)
+        meta = header.get("__metadata__")
+        if not meta:
+            return
+        header["__metadata__"] = {k: meta[k] for k in sorted(meta)}
+        new = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(new) != len(text) or json.loads(new) != json.loads(text):
+            return  # an unexpected serialization: leave the (valid) file alone
+        f.seek(8)
+        f.write(new)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load(path: str | os.PathLike, device=None, names=None) -> DeltaFile:
