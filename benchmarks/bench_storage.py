@@ -61,7 +61,7 @@ def bench_dtype(dtype: torch.dtype, numel: int, cols: int, ps, repeat: int) -> t
             if fmt == "seeded":
                 encode = lambda: compress_dare(x, p, seed=SEED)  # noqa: E731
             else:
-                encode = lambda fmt=fmt: compress(pruned, fmt)  # noqa: E731
+                encode = lambda fmt=fmt, pruned=pruned: compress(pruned, fmt)  # noqa: E731
             sd = encode()
             if not torch.equal(sd.to_dense(), pruned):
                 raise SystemExit(f"bench_storage: {fmt} to_dense differs from prune_ ({dtype}, p={p})")

@@ -52,7 +52,7 @@ def _plot(path: str, curve, result, p: float) -> None:
     ax.plot(qs, [100 * a for a in accs], "o-", label=f"DARE with rescale 1/q, p = {p:g}")
     ax.axhline(100 * result.row("fine-tuned (no pruning)").accuracy, color="g", ls="--", label="fine-tuned, no pruning")
     ax.axhline(100 * result.row("pretrained (delta dropped)").accuracy, color="gray", ls=":", label="pretrained")
-    ax.axvline(1 - p, color="r", ls=":", label=f"q = 1-p (plain DARE)")
+    ax.axvline(1 - p, color="r", ls=":", label="q = 1-p (plain DARE)")
     ax.axvline(result.empirical.best, color="b", ls="-.", label=f"find_q: q = {result.empirical.best:.3g}")
     ax.set_xscale("log")
     ax.set_xlabel("q (kept entries are divided by q)")

@@ -103,9 +103,9 @@ def test_merge_cli(pair, tmp_path, capsys):
 
 
 def test_demo_quick_prints_the_table(capsys):
-    from darex_ext.pipeline.demo import ToyTask, run_demo
+    from darex_ext.pipeline.demo import default_task, run_demo
 
-    result = run_demo(p=0.99, quick=True, task=ToyTask(quick=True))
+    result = run_demo(p=0.99, quick=True, task=default_task(quick=True))
     text = capsys.readouterr().out
     for needle in ("base (pretrained)", "fine-tuned", "DARE ", "DAREx-q", "test acc", "GB/s", "vs dense"):
         assert needle in text, text

@@ -13,7 +13,6 @@ NAN, INF = float("nan"), float("inf")
 
 
 def _prune_cases():
-    x = lambda: randn(4, 5)  # noqa: E731
     return [
         ("p negative", lambda d: darex_ext.prune_(d, -0.1), ValueError, "p"),
         ("p one", lambda d: darex_ext.prune_(d, 1.0), ValueError, "p"),

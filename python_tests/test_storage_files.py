@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 
 import darex_ext
-from darex_ext.storage import FormatError, compress, compress_dare, load, save
+from darex_ext.storage import compress, compress_dare, load, save
 
 from conftest import randn
 

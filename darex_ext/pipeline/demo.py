@@ -2,8 +2,8 @@
 at p = 0.99 with DARE and DAREx-q through the real pipeline (delta files, apply), and print
 accuracy, size and throughput.
 
-The toy task is pluggable (`DemoTask`): `darex_ext.demo_task` (the algorithms issue's
-pretrain -> fine-tune task) when this build has it, else a small built-in one. DAREx-q's q is
+The toy task is pluggable (`DemoTask`); the default is `darex_ext.demo_task` (the pretrain ->
+fine-tune task that benchmarks/repro_darex.py also uses). DAREx-q's q is
 chosen on the validation split (a grid over [1-p, 0.5], the empirical q of DAREx Algorithm 2);
 accuracy is measured on the test split.
 """
@@ -17,7 +17,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from typing import IO, Protocol
 
 import torch
@@ -26,7 +25,7 @@ from torch import nn
 from ..ops import prune_
 from ..seeds import tensor_seed
 
-__all__ = ["DemoTask", "ToyTask", "default_task", "run_demo"]
+__all__ = ["DemoTask", "default_task", "run_demo"]
 
 
 class DemoTask(Protocol):
@@ -68,65 +67,10 @@ class _ModelTask:
         return float((self._model(x).argmax(1) == y).float().mean())
 
 
-@dataclass(frozen=True)
-class _ToyConfig:
-    dim: int = 128
-    hidden: int = 384
-    classes: int = 10
-    latent: int = 12
-    n_train: int = 4096
-    n_eval: int = 2048
-    pretrain_steps: int = 250
-    finetune_steps: int = 150
-    lr_pretrain: float = 1e-3
-    lr_finetune: float = 3e-3
-    seed: int = 0
-
-
-def ToyTask(quick: bool = False, seed: int = 0) -> _ModelTask:  # noqa: N802  (a factory, reads like a class)
-    """Built-in task: Gaussian inputs from a latent; task A and task B are two readouts of the
-    same latent features (B also shifts the inputs), so fine-tuning A -> B moves every layer."""
-    cfg = _ToyConfig(seed=seed) if not quick else _ToyConfig(hidden=256, pretrain_steps=120, finetune_steps=80, seed=seed)
-    g = torch.Generator().manual_seed(cfg.seed)
-    lift = torch.randn(cfg.latent, cfg.dim, generator=g) / cfg.latent ** 0.5
-    feat = torch.randn(cfg.latent, 48, generator=g) / cfg.latent ** 0.5
-    head_a = torch.randn(48, cfg.classes, generator=g)
-    head_b = head_a + 0.7 * torch.randn(48, cfg.classes, generator=g)
-    shift_b = 0.3 * torch.randn(cfg.dim, generator=g)
-
-    def sample(n, head, shift):
-        z = torch.randn(n, cfg.latent, generator=g)
-        x = z @ lift + 0.5 + shift + 0.1 * torch.randn(n, cfg.dim, generator=g)
-        return x, (torch.tanh(z @ feat) @ head).argmax(1)
-
-    xa, ya = sample(cfg.n_train, head_a, 0.0)
-    xb, yb = sample(cfg.n_train, head_b, shift_b)
-    val, test = sample(cfg.n_eval, head_b, shift_b), sample(cfg.n_eval, head_b, shift_b)
-    torch.manual_seed(cfg.seed)
-    base = nn.Sequential(nn.Linear(cfg.dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(),
-                         nn.Linear(cfg.hidden, cfg.classes))
-
-    def train(model, x, y, steps, lr, seed):
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(steps):
-            idx = torch.randint(0, x.shape[0], (128,), generator=gen)
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-        return model.eval()
-
-    train(base, xa, ya, cfg.pretrain_steps, cfg.lr_pretrain, cfg.seed + 1)
-    ft = train(copy.deepcopy(base), xb, yb, cfg.finetune_steps, cfg.lr_finetune, cfg.seed + 2)
-    return _ModelTask("built-in toy task (MLP, task A -> task B)", base, ft, {"val": val, "test": test})
-
-
 def default_task(quick: bool = False, seed: int = 0) -> _ModelTask:
-    """darex_ext.demo_task when available (the algorithms issue's task), else ToyTask."""
-    try:
-        from .. import demo_task
-    except ImportError:
-        return ToyTask(quick, seed)
+    """The pretrain A -> fine-tune B task of `darex_ext.demo_task` (shared with repro_darex)."""
+    from .. import demo_task
+
     cfg = demo_task.DemoConfig(seed=seed)
     if quick:
         cfg = demo_task.DemoConfig(seed=seed, hidden=256, n_train=4096, pretrain_steps=150, finetune_steps=100)
