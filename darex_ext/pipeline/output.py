@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -65,11 +66,25 @@ def write_model(group: SoloGroup, out: str, layout: Layout, compute: Callable[[s
         tmp = group.broadcast(group.phase(prepare))
 
         def work() -> None:
+            # One write in flight while the next tensor is read and computed: pwrite and the
+            # kernels release the GIL, so disk writes overlap the reads and the arithmetic.
+            # Contract with `compute`: at most two of its results are alive at once (the one
+            # being written and the one just computed), so it may reuse a buffer every other call.
             slots = FileSlots(tmp, layout)
+            pending = None
             try:
-                for name in progress(mine, total=len(mine), desc=desc, enabled=show_progress and group.rank == 0):
-                    slots.write(name, compute(name))
-                    _fault.tensor_written()
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="darex-writer") as writer:
+                    for name in progress(mine, total=len(mine), desc=desc,
+                                         enabled=show_progress and group.rank == 0):
+                        result = compute(name)
+                        if pending is not None:
+                            pending.result()
+                            _fault.tensor_written()
+                        pending = writer.submit(slots.write, name, result)
+                        del result
+                    if pending is not None:
+                        pending.result()
+                        _fault.tensor_written()
             finally:
                 slots.close(sync=group.world > 1)
 
