@@ -159,6 +159,8 @@ void bitmask_scatter_cuda(at::Tensor& out, const at::Tensor& values, const at::T
   validate_bitmask_counts(ro.data_ptr<int64_t>(), row_counts.data_ptr<int64_t>(), v.rows,
                           values.numel(), dirty.cpu().data_ptr<int>()[0] != 0);
   if (out.numel() == 0 || bytes == 0) return;
+  // Value positions come from the bitmask's own byte counts; the checks above proved they agree
+  // with row_offsets and end at values.numel(), so every read of `values` is in bounds.
   auto [starts, total] = exclusive_starts(counts);
   (void)total;
   const at::Tensor vals = values.contiguous();

@@ -77,6 +77,8 @@ __global__ void __launch_bounds__(kThreads) csr_check_kernel(const int64_t* crow
   }
 }
 
+// Runs only after csr_check_kernel found every column in range and strictly increasing within
+// its row: each value has its own destination element, so the writes cannot race.
 template <typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kThreads) csr_scatter_kernel(scalar_t* out, const int64_t* crow, int64_t rows,
                                                                 int64_t cols, const index_t* col,
