@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "check.h"
+#include "common/bitpack.h"
 #include "common/dare_math.h"
 #include "common/philox.h"
 #include "cpu/philox_fill.h"
@@ -137,6 +138,41 @@ TEST(philox_fill_unaligned_output) {
   darex::cpu::philox_fill_scalar(5, 7, 1001, want.data());
   darex::cpu::philox_fill(5, 7, 1001, buf.data() + 1);
   CHECK(std::memcmp(want.data(), buf.data() + 1, want.size() * sizeof(uint32_t)) == 0);
+}
+
+// The packed-bit helpers of the storage formats, against bit-by-bit definitions.
+TEST(bitpack_helpers) {
+  CHECK_EQ(darex::packed_row_bytes(0), int64_t(0));
+  CHECK_EQ(darex::packed_row_bytes(1), int64_t(1));
+  CHECK_EQ(darex::packed_row_bytes(8), int64_t(1));
+  CHECK_EQ(darex::packed_row_bytes(9), int64_t(2));
+  CHECK_EQ(int(darex::padding_bits(8)), 0);
+  CHECK_EQ(int(darex::padding_bits(16)), 0);
+  CHECK_EQ(int(darex::padding_bits(3)), 0xF8);
+  CHECK_EQ(int(darex::padding_bits(15)), 0x80);
+  uint64_t x = 0x9E3779B97F4A7C15ull;
+  for (int round = 0; round < 64; ++round) {
+    int pop = 0, low = -1;
+    std::vector<int> bits;
+    for (int j = 0; j < 64; ++j)
+      if ((x >> j) & 1u) {
+        ++pop;
+        if (low < 0) low = j;
+        bits.push_back(j);
+      }
+    CHECK_EQ(darex::popcount64(x), pop);
+    if (x != 0) CHECK_EQ(darex::lowest_bit(x), low);
+    std::vector<int> seen;
+    darex::for_each_set_bit(x, [&](int j) { seen.push_back(j); });
+    CHECK_EQ(seen.size(), bits.size());
+    for (size_t k = 0; k < seen.size() && k < bits.size(); ++k) CHECK_EQ(seen[k], bits[k]);
+    x = x * 0xBF58476D1CE4E5B9ull + 0x94D049BB133111EBull;
+  }
+  // load_bits: little-endian over the available bytes, missing bytes read as zero.
+  const uint8_t bytes[8] = {0x01, 0x23, 0x45, 0x67, 0x89, 0xAB, 0xCD, 0xEF};
+  CHECK_EQ(darex::load_bits(bytes, 8), uint64_t(0xEFCDAB8967452301ull));
+  CHECK_EQ(darex::load_bits(bytes, 3), uint64_t(0x452301ull));
+  CHECK_EQ(darex::load_bits(bytes, 0), uint64_t(0));
 }
 
 int main() { return darex_test::run_all(); }
