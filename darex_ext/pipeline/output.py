@@ -43,13 +43,18 @@ def _copy_side_files(src: str | None, files: Sequence[str], dst: str) -> None:
         shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
 
 
+def my_share(names: Sequence[str], sizes: Sequence[int], group: SoloGroup) -> list[str]:
+    """The names this rank computes, in the order the writers ask for them."""
+    return [names[i] for i in assign(list(sizes), group.world)[group.rank]]
+
+
 def write_model(group: SoloGroup, out: str, layout: Layout, compute: Callable[[str], torch.Tensor], *,
                 side_dir: str | None = None, side_files: Sequence[str] = (), overwrite: bool = False,
                 show_progress: bool = False, desc: str = "writing") -> dict[str, Any]:
     """Write every tensor of `layout` as `compute(name)` into a new model directory `out`."""
     names = [e.name for f in layout.files for e in f.entries]
     entries = layout.entries()
-    mine = [names[i] for i in assign([entries[n].nbytes for n in names], group.world)[group.rank]]
+    mine = my_share(names, [entries[n].nbytes for n in names], group)
     with contextlib.ExitStack() as stack:
         def prepare() -> str | None:
             if group.rank != 0:
@@ -108,7 +113,7 @@ def write_delta(group: SoloGroup, out: str, names: Sequence[str], sizes: Sequenc
     to store the tensor as it is, or ("skip", None) when the base already holds it."""
     from .. import storage
 
-    mine = [names[i] for i in assign(list(sizes), group.world)[group.rank]]
+    mine = my_share(names, sizes, group)
     order = {n: i for i, n in enumerate(names)}
     with contextlib.ExitStack() as stack:
         def prepare() -> str | None:

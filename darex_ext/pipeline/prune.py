@@ -29,7 +29,8 @@ from ..topk import magnitude_prune_, wanda_prune_
 from ._malloc import fixed_mmap_threshold
 from .checkpoint import Checkpoint, ReadBuffer
 from .compat import check_pair
-from .output import write_delta, write_model
+from .output import my_share, write_delta, write_model
+from .readahead import ReadAhead
 from .select import PRESETS, select_names
 from .workers import run_workers
 from .writer import layout_of
@@ -265,45 +266,53 @@ def _job(group, base: str, finetuned: str, out: str, cfg: PruneConfig, overwrite
     layout = layout_of(f)
     drop_rates = dppa_rates(b, f, plan.selected, cfg.p) if cfg.method == "dppa" else None
 
-    # Reusable read buffers (fresh tensor-sized allocations cost a page fault per 4 KiB): two
-    # sets for the dense writer, which writes one result while the next is computed.
-    ft_buf, base_buf = ReadBuffer(), ReadBuffer()
+    # The next tensors are read on a thread while the current ones are computed, into reusable
+    # buffers: 3 sets for dense output (one result still being written by the writer thread),
+    # 2 for delta output (each result is consumed before the next read).
+    names = [e.name for fl in layout.files for e in fl.entries]
+    entries = layout.entries()
+    order = my_share(names, [entries[n].nbytes for n in names], group)
     if cfg.format == "dense":
-        sets = [(ReadBuffer(), ReadBuffer()), (ft_buf, base_buf)]
+        def read(name: str, bufs: tuple[ReadBuffer, ReadBuffer]):
+            return f.get(name, bufs[0]), (b.get(name, bufs[1]) if name in selected else None)
 
-        def compute(name: str) -> torch.Tensor:
-            sets.reverse()
-            ft_in, base_in = sets[0]
-            ft = f.get(name, ft_in)
-            if name not in selected:
-                return ft
-            return dense_tensor(name, b.get(name, base_in).to(device), ft.to(device), cfg, stats,
-                                drop_rates).cpu()
+        with ReadAhead(read, order, sets=3) as reads:
+            def compute(name: str) -> torch.Tensor:
+                ft, base_t = reads.get(name)
+                if name not in selected:
+                    return ft
+                return dense_tensor(name, base_t.to(device), ft.to(device), cfg, stats, drop_rates).cpu()
 
-        summary = write_model(group, out, layout, compute, side_dir=f.directory, side_files=side,
-                              overwrite=overwrite, show_progress=show_progress, desc="pruning")
+            summary = write_model(group, out, layout, compute, side_dir=f.directory, side_files=side,
+                                  overwrite=overwrite, show_progress=show_progress, desc="pruning")
     else:
+        def read(name: str, bufs: tuple[ReadBuffer, ReadBuffer]):
+            return f.get(name, bufs[0]), (b.get(name, bufs[1]) if name in selected or name in b else None)
+
+        reads = ReadAhead(read, order, sets=2)
+
         def compute_delta(name: str):
-            ft = f.get(name, ft_buf)
+            ft, base_t = reads.get(name)
             if name not in selected:
-                if name in b and bitwise_equal(b.get(name, base_buf), ft):
+                if base_t is not None and bitwise_equal(base_t, ft):
                     return "skip", None
                 return "dense", ft
-            base_t = b.get(name, base_buf).to(device)
+            base_t = base_t.to(device)
             ft = ft.to(device)
             delta = torch.sub(ft, base_t, out=ft)
             del ft, base_t
             return "delta", _compress(name, delta, cfg, stats, drop_rates).to("cpu")
 
-        names = [e.name for fl in layout.files for e in fl.entries]
-        entries = layout.entries()
         metadata = {"darex.version": __version__, "darex.method": cfg.method, "darex.p": repr(cfg.p),
                     "darex.q": "" if cfg.q is None else repr(cfg.q), "darex.q_mode": cfg.q_mode,
                     "darex.seed": str(resolve_seed(cfg.seed)), "darex.format": cfg.format,
                     "darex.layout": layout.to_json()}
-        summary = write_delta(group, out, names, [entries[n].nbytes for n in names], compute_delta,
-                              metadata=metadata, side_dir=f.directory, side_files=side, overwrite=overwrite,
-                              show_progress=show_progress)
+        try:
+            summary = write_delta(group, out, names, [entries[n].nbytes for n in names], compute_delta,
+                                  metadata=metadata, side_dir=f.directory, side_files=side, overwrite=overwrite,
+                                  show_progress=show_progress)
+        finally:
+            reads.close()
     summary = dict(summary or {})
     summary.update(selected=len(plan.selected), tensors=plan.tensors, params_selected=plan.params_selected,
                    read_bytes=plan.bytes_total, seconds=time.perf_counter() - start, notes=plan.notes,
