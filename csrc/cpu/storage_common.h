@@ -148,16 +148,4 @@ inline int64_t row_grain(int64_t cols) {
   return std::max<int64_t>(1, kStorageGrain / std::max<int64_t>(1, cols));
 }
 
-// Calls f(T{}) with T the C++ type of a column-index dtype (uint8/uint16/uint32/int64).
-template <typename F>
-inline void dispatch_column_type(at::ScalarType t, const F& f) {
-  switch (t) {
-    case at::kByte: f(uint8_t{}); break;
-    case at::kUInt16: f(uint16_t{}); break;
-    case at::kUInt32: f(uint32_t{}); break;
-    case at::kLong: f(int64_t{}); break;
-    default: TORCH_CHECK_TYPE(false, "unsupported column dtype ", t);
-  }
-}
-
 }  // namespace darex::cpu

@@ -24,17 +24,6 @@ std::pair<at::Tensor, at::Tensor> nonzero_bytes_cuda(const at::Tensor& x, int64_
 
 namespace {
 
-template <typename F>
-void dispatch_column_type(at::ScalarType t, const F& f) {
-  switch (t) {
-    case at::kByte: f(uint8_t{}); break;
-    case at::kUInt16: f(uint16_t{}); break;
-    case at::kUInt32: f(uint32_t{}); break;
-    case at::kLong: f(int64_t{}); break;
-    default: TORCH_CHECK_TYPE(false, "unsupported column dtype ", t);
-  }
-}
-
 template <typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kThreads) csr_values_kernel(const scalar_t* x, int64_t rows, int64_t cols,
                                                                int64_t bpr, const uint8_t* bm,

@@ -112,4 +112,17 @@ inline void check_scatter_scalars(double alpha) {
   TORCH_CHECK_VALUE(std::isfinite(alpha), "alpha must be finite, got ", alpha);
 }
 
+// Calls f(T{}) with T the C++ type of a CSR column-index dtype (uint8/uint16/uint32/int64);
+// shared by the CPU and CUDA kernels.
+template <typename F>
+inline void dispatch_column_type(at::ScalarType t, const F& f) {
+  switch (t) {
+    case at::kByte: f(uint8_t{}); break;
+    case at::kUInt16: f(uint16_t{}); break;
+    case at::kUInt32: f(uint32_t{}); break;
+    case at::kLong: f(int64_t{}); break;
+    default: TORCH_CHECK_TYPE(false, "unsupported column dtype ", t);
+  }
+}
+
 }  // namespace darex
