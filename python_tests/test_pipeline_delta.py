@@ -104,9 +104,10 @@ def test_head_only_in_the_finetuned_model_travels_in_the_delta(tmp_path):
     assert dir_bytes(str(tmp_path / "dense")) == dir_bytes(str(tmp_path / "applied"))
 
 
-def test_two_workers_write_the_same_delta_bytes(llama, tmp_path):
+@pytest.mark.parametrize("fmt", ["seeded", "bitmask"])
+def test_two_workers_write_the_same_delta_bytes(llama, tmp_path, fmt):
     base_dir, ft_dir = llama
-    cfg = PruneConfig(method="dare", p=0.9, seed=8, format="seeded", preset="decoder")
+    cfg = PruneConfig(method="dare", p=0.9, seed=8, format=fmt, preset="decoder")
     assert prune_model(base_dir, ft_dir, tmp_path / "one", cfg)["workers"] == 1
     assert prune_model(base_dir, ft_dir, tmp_path / "two", cfg, workers=2)["workers"] == 2
     assert dir_bytes(str(tmp_path / "one")) == dir_bytes(str(tmp_path / "two"))
@@ -136,3 +137,39 @@ def test_inspect_tables(llama, tmp_path):
     buf = io.StringIO()
     inspect_path(ft_dir, base=base_dir, out=buf)
     assert "density(d)" in buf.getvalue() and "lm_head.weight" in buf.getvalue()
+
+
+def test_write_delta_keeps_no_result_alive(tmp_path):
+    # Each computed delta goes to the part file and is dropped before the next one is computed:
+    # memory holds one tensor, not the whole compressed model.
+    import weakref
+
+    from darex_ext.pipeline.output import DELTA_FILE, DENSE_FILE, write_delta
+    from darex_ext.pipeline.workers import SoloGroup
+
+    names = [f"layer{i}.weight" for i in range(6)]
+    made, alive_at_compute = {}, []
+
+    def compute(name):
+        alive_at_compute.append([n for n, ref in made.items() if ref() is not None])
+        x = torch.randn(64, 96, generator=torch.Generator().manual_seed(len(made)))
+        if name == "layer3.weight":
+            made[name] = weakref.ref(x)
+            return "dense", x
+        sd = storage.compress_dare(x, 0.9, seed=len(made))
+        made[name] = weakref.ref(sd.payload["values"])
+        return "delta", sd
+
+    out = tmp_path / "out"
+    summary = write_delta(SoloGroup(), str(out), names, [1] * len(names), compute, metadata={"k": "v"})
+    assert alive_at_compute == [[]] * len(names)
+    assert summary["deltas"] == 5 and summary["dense"] == 1
+    assert sorted(os.listdir(out)) == [DELTA_FILE, DENSE_FILE]  # part files removed
+    with storage.load(out / DELTA_FILE) as f:
+        assert list(f) == [n for n in names if n != "layer3.weight"]
+        for i, n in enumerate(names):
+            if n == "layer3.weight":
+                continue
+            x = torch.randn(64, 96, generator=torch.Generator().manual_seed(i))
+            assert torch.equal(f[n].to_dense(), storage.compress_dare(x, 0.9, seed=i).to_dense())
+        assert f.metadata == {"k": "v"}

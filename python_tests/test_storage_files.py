@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -146,14 +147,12 @@ def test_error_mid_write_leaves_old_file(tmp_path, monkeypatch):
     good = {"a": compress_dare(randn(5, 5), 0.5, seed=1)}
     save(path, good)
     before = path.read_bytes()
-    import safetensors.torch as st
+    import darex_ext.storage.files as files
 
-    def failing(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"partial")
+    def failing(t):  # fails after the header is written: the temporary holds a partial file
         raise OSError("disk full")
 
-    monkeypatch.setattr(st, "save_file", failing)
+    monkeypatch.setattr(files, "tensor_bytes", failing)
     with pytest.raises(OSError, match="disk full"):
         save(path, {"b": compress_dare(randn(7), 0.5, seed=2)})
     assert path.read_bytes() == before
@@ -161,12 +160,12 @@ def test_error_mid_write_leaves_old_file(tmp_path, monkeypatch):
 
 
 def test_error_mid_write_leaves_no_file(tmp_path, monkeypatch):
-    import safetensors.torch as st
+    import darex_ext.storage.files as files
 
-    def failing(tensors, filename, metadata=None):
+    def failing(t):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(st, "save_file", failing)
+    monkeypatch.setattr(files, "tensor_bytes", failing)
     with pytest.raises(RuntimeError):
         save(tmp_path / "new.safetensors", {"a": compress_dare(randn(3), 0.5, seed=1)})
     assert os.listdir(tmp_path) == []
@@ -177,15 +176,11 @@ def test_killed_writer_leaves_no_partial_file(tmp_path):
     path = tmp_path / "d.safetensors"
     script = textwrap.dedent(f"""
         import os, signal, torch
-        import safetensors.torch as st
+        import darex_ext.storage.files as files
         from darex_ext.storage import compress_dare, save
-        real = st.save_file
-        def slow(tensors, filename, metadata=None):
-            real(tensors, filename, metadata=metadata)
-            with open(filename, "r+b") as f:
-                f.truncate(10)  # a partial temporary at the moment of death
+        def dying(t):  # the header is written: a partial temporary at the moment of death
             os.kill(os.getpid(), signal.SIGKILL)
-        st.save_file = slow
+        files.tensor_bytes = dying
         save({str(path)!r}, {{"a": compress_dare(torch.randn(100, 100), 0.9, seed=1)}})
     """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
@@ -197,8 +192,9 @@ def test_killed_writer_leaves_no_partial_file(tmp_path):
 
 
 def test_save_is_byte_identical_across_processes(tmp_path):
-    # safetensors keeps `__metadata__` in a per-process hash map; save() sorts it so the same
-    # deltas give the same bytes in any process (multi-worker pipelines rely on it).
+    # save() writes the header itself (safetensors' writer orders `__metadata__` by a
+    # per-process hash): the same deltas give the same bytes in any process (multi-worker
+    # pipelines rely on it).
     script = textwrap.dedent("""
         import sys, torch
         from darex_ext.storage import compress, compress_dare, save
@@ -215,3 +211,35 @@ def test_save_is_byte_identical_across_processes(tmp_path):
         assert proc.returncode == 0, proc.stderr.decode()[-2000:]
         outs.append(out.read_bytes())
     assert outs[0] == outs[1] == outs[2]
+
+
+def test_tensors_are_aligned_and_read_by_plain_safetensors(tmp_path):
+    # Widest elements first: every tensor starts at a multiple of its element size (int64
+    # offsets, float32 / bf16 values, uint16 columns, uint8 bitmasks), so readers may map it.
+    from safetensors import safe_open
+
+    from darex_ext.storage.files import _file_tensors
+
+    g = torch.Generator().manual_seed(5)
+    deltas = {
+        "odd.bf16": compress_dare(torch.randn(3, 7, generator=g).bfloat16(), 0.5, seed=1, format="bitmask"),
+        "csr.f32": compress(torch.randn(5, 300, generator=g) * (torch.rand(5, 300, generator=g) > 0.9), "csr"),
+        "seeded.f16": compress_dare(torch.randn(11, generator=g).half(), 0.3, seed=2),
+        "bm.f64": compress_dare(torch.randn(2, 9, generator=g).double(), 0.6, seed=3, format="bitmask"),
+    }
+    path = tmp_path / "d.safetensors"
+    save(path, deltas, metadata={"z": "1", "a": "2"})
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+    sizes = {"I64": 8, "F64": 8, "F32": 4, "BF16": 2, "F16": 2, "U16": 2, "U8": 1}
+    spans = sorted(tuple(v["data_offsets"]) + (k,) for k, v in header.items() if k != "__metadata__")
+    assert spans[0][0] == 0 and spans[-1][1] == len(raw) - 8 - n
+    for (a, b, k), nxt in zip(spans, spans[1:] + [(spans[-1][1],)]):
+        assert nxt[0] == b, "tensors must be contiguous"
+        assert (8 + n + a) % sizes[header[k]["dtype"]] == 0, k
+    with safe_open(str(path), framework="pt") as f:
+        for name, sd in deltas.items():
+            for key, t in _file_tensors(name, sd).items():
+                assert torch.equal(f.get_tensor(key), t), key

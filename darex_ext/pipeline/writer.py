@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..storage.files import tensor_bytes
 from .checkpoint import DTYPE_CODES, Checkpoint
 
 __all__ = ["OutEntry", "OutFile", "Layout", "layout_of", "create_file", "FileSlots", "dtype_code",
@@ -128,12 +129,6 @@ def create_file(path: str, f: OutFile) -> None:
     with open(path, "wb") as out:
         out.write(head)
         out.truncate(total)
-
-
-def tensor_bytes(t: torch.Tensor) -> memoryview:
-    """The raw little-endian bytes of a CPU tensor, without a copy when it is contiguous."""
-    t = t.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(t.view(torch.uint8).numpy())
 
 
 class FileSlots:

@@ -8,7 +8,10 @@ Layout: per delta `<name>.<key>` tensors (formats.FILE_KEYS), and the header's _
   "method"}},
 - the caller's own string metadata (keys must not start with "darex_ext.").
 
-Writes are atomic (temporary sibling, fsync, rename). Loading is lazy: the file is memory
+The header is written here, not by safetensors' writer: its bytes depend only on the content
+(safetensors orders `__metadata__` by a per-process hash), and a file can be assembled from
+tensors that are not all in memory (`write_file`, used by the model pipeline). Writes are atomic
+(temporary sibling, fsync, rename). Loading is lazy: the file is memory
 mapped by safetensors and each delta is read and validated when it is looked up.
 """
 
@@ -17,7 +20,8 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -28,7 +32,8 @@ from .errors import FormatError
 from .formats import DTYPE_NAMES, DTYPES_BY_NAME, FILE_KEYS, FORMAT_VERSION, FORMATS
 from .sparse_delta import SparseDelta
 
-__all__ = ["save", "load", "DeltaFile", "KEY_VERSION", "KEY_WRITER", "KEY_TENSORS"]
+__all__ = ["save", "load", "DeltaFile", "DeltaRecord", "delta_record", "file_header", "write_file",
+           "KEY_VERSION", "KEY_WRITER", "KEY_TENSORS"]
 
 KEY_VERSION = "darex_ext.format_version"
 KEY_WRITER = "darex_ext.version"
@@ -36,11 +41,118 @@ KEY_TENSORS = "darex_ext.tensors"
 _RESERVED = "darex_ext."
 
 
+# safetensors dtype codes of every tensor a delta file holds (values, indices, masks, offsets).
+_ST_CODES = {
+    torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.uint8: "U8", torch.uint16: "U16", torch.uint32: "U32",
+}
+
+
+@dataclass(frozen=True)
+class DeltaRecord:
+    """What a file's header needs of one delta: its index entry and its tensors' specs
+    ((file key, dtype, shape), in FILE_KEYS order). The bytes can live anywhere (see write_file)."""
+
+    name: str
+    entry: dict
+    tensors: tuple[tuple[str, torch.dtype, tuple[int, ...]], ...]
+
+
 def _file_tensors(name: str, sd: SparseDelta) -> dict[str, torch.Tensor]:
     pl = {k: v.detach().cpu().contiguous() for k, v in sd.payload.items()}
     if sd.format == "bitmask":
         pl["shape"] = torch.tensor(sd.shape, dtype=torch.int64).reshape(len(sd.shape))
     return {f"{name}.{k}": pl[k] for k in FILE_KEYS[sd.format]}
+
+
+def delta_record(name: str, sd: SparseDelta) -> tuple[DeltaRecord, dict[str, torch.Tensor]]:
+    """The header record of `sd` stored as `name`, and its file tensors {file key: CPU tensor}."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"delta names must be non-empty strings, got {name!r}")
+    if not isinstance(sd, SparseDelta):
+        raise TypeError(f"deltas[{name!r}] must be a SparseDelta, got {type(sd).__name__}")
+    tensors = _file_tensors(name, sd)
+    entry = {"format": sd.format, "dtype": DTYPE_NAMES[sd.dtype], "shape": list(sd.shape), **sd.meta}
+    specs = tuple((k, t.dtype, tuple(t.shape)) for k, t in tensors.items())
+    return DeltaRecord(name, entry, specs), tensors
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a CPU tensor, without a copy when it is contiguous."""
+    t = t.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(t.view(torch.uint8).numpy())
+
+
+def _header_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    header = {KEY_VERSION: FORMAT_VERSION, KEY_WRITER: __version__}
+    for k, v in (metadata or {}).items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"metadata must map str to str, got {k!r}: {type(v).__name__}")
+        if k.startswith(_RESERVED):
+            raise ValueError(f"metadata key {k!r} is reserved (prefix {_RESERVED!r})")
+        header[k] = v
+    return header
+
+
+def _nbytes(dtype: torch.dtype, shape) -> int:
+    n = torch.empty((), dtype=dtype).element_size()
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def file_header(records: Sequence[DeltaRecord], metadata: Mapping[str, str] | None = None
+                ) -> tuple[bytes, list[tuple[str, int]]]:
+    """The safetensors header of a delta file, and its tensors as (file key, byte count) in the
+    order their bytes follow the header.
+
+    Tensors are laid out widest element first (8-byte, then 4, 2, 1), each class in record order,
+    so every tensor starts aligned to its element size, as safetensors' own writer arranges; the
+    metadata is sorted. The bytes depend only on the records and metadata, never on the process.
+    """
+    meta = _header_metadata(metadata)
+    index: dict[str, dict] = {}
+    specs = []
+    for rec in records:
+        if rec.name in index:
+            raise ValueError(f"delta {rec.name!r} appears twice")
+        index[rec.name] = rec.entry
+        for key, dtype, shape in rec.tensors:
+            if dtype not in _ST_CODES:
+                raise TypeError(f"{key}: dtype {dtype} cannot be stored")
+            specs.append((key, dtype, shape))
+    try:
+        meta[KEY_TENSORS] = json.dumps(index, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"delta metadata must be JSON-serialisable: {exc}") from exc
+    order = sorted(range(len(specs)), key=lambda i: (-torch.empty((), dtype=specs[i][1]).element_size(), i))
+    header: dict[str, object] = {"__metadata__": {k: meta[k] for k in sorted(meta)}}
+    layout, pos = [], 0
+    for i in order:
+        key, dtype, shape = specs[i]
+        n = _nbytes(dtype, shape)
+        header[key] = {"dtype": _ST_CODES[dtype], "shape": list(shape), "data_offsets": [pos, pos + n]}
+        layout.append((key, n))
+        pos += n
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw, layout
+
+
+def write_file(path: str | os.PathLike, records: Sequence[DeltaRecord], metadata: Mapping[str, str] | None,
+               chunks: Callable[[str], Iterable]) -> None:
+    """Write a delta file atomically from header records and a source of bytes: `chunks(key)`
+    yields the bytes (buffers) of file tensor `key`, so the tensors need not be in memory."""
+    head, layout = file_header(records, metadata)
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as out:
+            out.write(head)
+            for key, n in layout:
+                written = 0
+                for chunk in chunks(key):
+                    written += out.write(chunk)
+                if written != n:
+                    raise RuntimeError(f"internal error: {key} has {written} bytes, its header says {n}")
 
 
 def save(path: str | os.PathLike, deltas: Mapping[str, SparseDelta],
@@ -52,58 +164,15 @@ def save(path: str | os.PathLike, deltas: Mapping[str, SparseDelta],
         deltas: {name: SparseDelta}; names are non-empty strings (tensor `<name>.<key>`).
         metadata: extra string -> string entries for the header (not "darex_ext."-prefixed).
     """
-    from safetensors.torch import save_file
-
     if not isinstance(deltas, Mapping):
         raise TypeError(f"deltas must be a mapping of name -> SparseDelta, got {type(deltas).__name__}")
-    header = {KEY_VERSION: FORMAT_VERSION, KEY_WRITER: __version__}
-    for k, v in (metadata or {}).items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise TypeError(f"metadata must map str to str, got {k!r}: {type(v).__name__}")
-        if k.startswith(_RESERVED):
-            raise ValueError(f"metadata key {k!r} is reserved (prefix {_RESERVED!r})")
-        header[k] = v
-    index, tensors = {}, {}
+    _header_metadata(metadata)  # argument errors before any other work
+    records, tensors = [], {}
     for name, sd in deltas.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"delta names must be non-empty strings, got {name!r}")
-        if not isinstance(sd, SparseDelta):
-            raise TypeError(f"deltas[{name!r}] must be a SparseDelta, got {type(sd).__name__}")
-        index[name] = {"format": sd.format, "dtype": DTYPE_NAMES[sd.dtype], "shape": list(sd.shape),
-                       **sd.meta}
-        tensors.update(_file_tensors(name, sd))
-    try:
-        header[KEY_TENSORS] = json.dumps(index, allow_nan=False, sort_keys=True)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"delta metadata must be JSON-serialisable: {exc}") from exc
-    with atomic_file(path) as tmp:
-        save_file(tensors, tmp, metadata=header)
-        _canonical_metadata_order(tmp)
-
-
-def _canonical_metadata_order(path: str) -> None:
-    """Sort the `__metadata__` keys of a safetensors header in place.
-
-    The safetensors writer keeps metadata in a hash map whose order changes from process to
-    process, which would make files written by different worker counts differ in bytes. The
-    sorted header has the same length, so only those bytes are rewritten.
-    """
-    with open(path, "r+b") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        raw = f.read(n)
-        text = raw.rstrip(b" ")
-        header = json.loads(text, object_pairs_hook=dict)
-        meta = header.get("__metadata__")
-        if not meta:
-            return
-        header["__metadata__"] = {k: meta[k] for k in sorted(meta)}
-        new = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        if len(new) != len(text) or json.loads(new) != json.loads(text):
-            return  # an unexpected serialization: leave the (valid) file alone
-        f.seek(8)
-        f.write(new)
-        f.flush()
-        os.fsync(f.fileno())
+        rec, ts = delta_record(name, sd)
+        records.append(rec)
+        tensors.update(ts)
+    write_file(path, records, metadata, lambda key: (tensor_bytes(tensors[key]),))
 
 
 def load(path: str | os.PathLike, device=None, names=None) -> DeltaFile:
