@@ -23,24 +23,15 @@ import atheris
 with atheris.instrument_imports(include=["darex_ext.storage", "safetensors"]):
     import torch
 
-    import darex_ext
-    from darex_ext.storage import FormatError, compress, compress_dare, load, save
+    from darex_ext.storage import FormatError, load, save
+    from storage_samples import sample_deltas
 
 _TMP = tempfile.mkdtemp(prefix="darex_fuzz_")
 _PATH = os.path.join(_TMP, "input.safetensors")
 
 
 def _seed_file() -> bytes:
-    torch.manual_seed(0)
-    deltas = {}
-    for dtype in (torch.float32, torch.bfloat16, torch.float64):
-        x = torch.randn(5, 19).to(dtype)
-        tag = str(dtype).replace("torch.", "")
-        deltas[f"{tag}.seeded"] = compress_dare(x, 0.6, 0.5, seed=2)
-        deltas[f"{tag}.bitmask"] = compress_dare(x, 0.6, seed=2, format="bitmask")
-        deltas[f"{tag}.csr"] = compress_dare(x, 0.6, seed=2, format="csr")
-    deltas["vec"] = compress(darex_ext.prune_(torch.randn(11), 0.5, seed=1), "bitmask")
-    deltas["cube"] = compress(darex_ext.prune_(torch.randn(2, 3, 270), 0.9, seed=1), "csr")
+    deltas = sample_deltas((torch.float32, torch.bfloat16, torch.float64))
     path = os.path.join(_TMP, "seed.safetensors")
     save(path, deltas, metadata={"origin": "fuzz"})
     with open(path, "rb") as f:

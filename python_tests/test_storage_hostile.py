@@ -12,24 +12,16 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import darex_ext
-from darex_ext.storage import FormatError, compress, compress_dare, load, save
+from darex_ext.storage import FormatError, load, save
+
+from storage_samples import sample_deltas
 
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 def _valid_file_bytes(tmp_path_factory) -> bytes:
-    torch.manual_seed(0)
-    deltas = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        x = torch.randn(6, 21).to(dtype)
-        tag = str(dtype).replace("torch.", "")
-        deltas[f"{tag}.seeded"] = compress_dare(x, 0.7, 0.5, seed=3)
-        deltas[f"{tag}.bitmask"] = compress_dare(x, 0.7, seed=3, format="bitmask")
-        deltas[f"{tag}.csr"] = compress_dare(x, 0.7, seed=3, format="csr")
-    deltas["vec.bitmask"] = compress(darex_ext.prune_(torch.randn(13), 0.5, seed=1), "bitmask")
-    deltas["cube.csr"] = compress(darex_ext.prune_(torch.randn(2, 3, 300), 0.9, seed=1), "csr")
+    deltas = sample_deltas()
     path = tmp_path_factory.mktemp("valid") / "valid.safetensors"
     save(path, deltas, metadata={"origin": "test"})
     return path.read_bytes()

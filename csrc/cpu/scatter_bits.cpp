@@ -41,6 +41,13 @@ inline void prefetch_lines(const T* dst, uint64_t m) {
     if ((m >> g) & kGroup) __builtin_prefetch(dst + g, 1, 3);
 }
 
+// Prefetches the destination lines of the mask word kAheadWords after the one at bit `lo`.
+template <typename T>
+inline void prefetch_ahead(const T* dst, const uint8_t* bits, int64_t lo, int64_t nbits, int64_t nbytes) {
+  const int64_t ahead = lo + 64 * kAheadWords;
+  if (ahead < nbits) prefetch_lines(dst + ahead, load_bits(bits + ahead / 8, nbytes - ahead / 8));
+}
+
 template <typename T>
 inline void prefetch_word(const T* dst, uint64_t m) {
   uintptr_t last = ~uintptr_t(0);
@@ -143,9 +150,7 @@ DAREX_AVX512 int64_t scatter_f32(const uint8_t* bits, int64_t nbits, const float
   const float* s = src;
   for (int64_t lo = 0; lo < nbits; lo += 64) {
     const uint64_t m = load_bits(bits + lo / 8, nbytes - lo / 8);
-    if (accumulate && lo + 64 * kAheadWords < nbits)
-      prefetch_lines(dst + lo + 64 * kAheadWords,
-                     load_bits(bits + (lo + 64 * kAheadWords) / 8, nbytes - (lo + 64 * kAheadWords) / 8));
+    if (accumulate) prefetch_ahead(dst, bits, lo, nbits, nbytes);
     if (accumulate && popcount64(m) <= kScalarWordMax) {
       s += add_word_scalar(m, s, dst + lo, alpha);
       continue;
@@ -181,9 +186,7 @@ DAREX_AVX512 int64_t scatter_bf16(const uint8_t* bits, int64_t nbits, const c10:
   uint16_t* out = reinterpret_cast<uint16_t*>(dst);
   for (int64_t lo = 0; lo < nbits; lo += 64) {
     const uint64_t m = load_bits(bits + lo / 8, nbytes - lo / 8);
-    if (accumulate && lo + 64 * kAheadWords < nbits)
-      prefetch_lines(out + lo + 64 * kAheadWords,
-                     load_bits(bits + (lo + 64 * kAheadWords) / 8, nbytes - (lo + 64 * kAheadWords) / 8));
+    if (accumulate) prefetch_ahead(out, bits, lo, nbits, nbytes);
     if (accumulate && popcount64(m) <= kScalarWordMax) {
       s += add_word_scalar(m, reinterpret_cast<const c10::BFloat16*>(s), reinterpret_cast<c10::BFloat16*>(out + lo), alpha);
       continue;
@@ -222,9 +225,7 @@ DAREX_AVX512 int64_t scatter_f64(const uint8_t* bits, int64_t nbits, const doubl
   const double* s = src;
   for (int64_t lo = 0; lo < nbits; lo += 64) {
     const uint64_t m = load_bits(bits + lo / 8, nbytes - lo / 8);
-    if (accumulate && lo + 64 * kAheadWords < nbits)
-      prefetch_lines(dst + lo + 64 * kAheadWords,
-                     load_bits(bits + (lo + 64 * kAheadWords) / 8, nbytes - (lo + 64 * kAheadWords) / 8));
+    if (accumulate) prefetch_ahead(dst, bits, lo, nbits, nbytes);
     DAREX_FOR_EACH_GROUP(8, {
       const __mmask8 mk = static_cast<__mmask8>(m >> (8 * g));
       double* d = dst + lo + 8 * g;

@@ -18,6 +18,7 @@ mapped by safetensors and each delta is read and validated when it is looked up.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -95,10 +96,7 @@ def _header_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
 
 
 def _nbytes(dtype: torch.dtype, shape) -> int:
-    n = torch.empty((), dtype=dtype).element_size()
-    for s in shape:
-        n *= int(s)
-    return n
+    return dtype.itemsize * math.prod(int(s) for s in shape)
 
 
 def file_header(records: Sequence[DeltaRecord], metadata: Mapping[str, str] | None = None
@@ -125,7 +123,7 @@ def file_header(records: Sequence[DeltaRecord], metadata: Mapping[str, str] | No
         meta[KEY_TENSORS] = json.dumps(index, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"delta metadata must be JSON-serialisable: {exc}") from exc
-    order = sorted(range(len(specs)), key=lambda i: (-torch.empty((), dtype=specs[i][1]).element_size(), i))
+    order = sorted(range(len(specs)), key=lambda i: (-specs[i][1].itemsize, i))
     header: dict[str, object] = {"__metadata__": {k: meta[k] for k in sorted(meta)}}
     layout, pos = [], 0
     for i in order:
