@@ -165,7 +165,7 @@ print(n, time.perf_counter() - t)
 _PRUNER = """
 import resource, sys, time
 import safetensors.torch, darex_ext.pipeline, darex_ext.storage
-from darex_ext import cli
+from darex_ext.apps import cli
 
 def hwm():
     with open("/proc/self/status") as f:

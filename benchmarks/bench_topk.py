@@ -36,12 +36,12 @@ from collections.abc import Callable, Sequence
 import torch
 
 import darex_ext
-from darex_ext._bench_cases import DTYPES, BenchError, dtype_name, itemsize
+from darex_ext.apps.bench_cases import DTYPES, BenchError, dtype_name, itemsize
 # Private helpers of _bench_memory (VmHWM reset and reads): reused as they are, wrapped below
 # because its child process (_run_child/_child_main) only knows the prune_/dare methods.
-from darex_ext._bench_memory import cuda_extra_peak, extra_peak_of, hwm_resettable
-from darex_ext.bench import header_lines, resolve_device, time_method
-from darex_ext.topk import count_from_rate
+from darex_ext.apps.bench_memory import cuda_extra_peak, extra_peak_of, hwm_resettable
+from darex_ext.apps.bench import header_lines, resolve_device, time_method
+from darex_ext.ops import count_from_rate
 
 MiB = 1 << 20
 KEEPS = (0.01, 0.1)  # fraction kept (k / n)
@@ -330,7 +330,7 @@ def _fill_ratios(results: list[Result]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Extra peak memory on CPU: a child process like darex_ext._bench_memory's, for these methods
+# Extra peak memory on CPU: a child process like darex_ext.apps.bench_memory.s, for these methods
 
 
 def cpu_extra_peaks(jobs: list[tuple[Case, str]], threads: int) -> list[int]:
@@ -427,7 +427,7 @@ def format_table(results: list[Result], *, markdown: bool = False) -> str:
 
 
 def _header(device: torch.device, numel: int, matrix: tuple[int, int], repeat: int, command: str) -> list[str]:
-    # Machine facts from darex_ext.bench.header_lines; its other lines describe the prune_ bench.
+    # Machine facts from darex_ext.apps.bench.header_lines; its other lines describe the prune_ bench.
     facts = [ln for ln in header_lines(device=device, numel=numel, repeat=repeat, command=command)
              if ln.startswith(("command:", "date:", "cpu:", "torch:", "gpu:"))]
     n = f"{numel} (2^{numel.bit_length() - 1})" if numel & (numel - 1) == 0 else str(numel)

@@ -1,8 +1,8 @@
 """Reproduce the DAREx paper's central claim on a model trained here, in under a minute on a CPU.
 
 An MLP is pretrained on one synthetic task and fine-tuned on a related one with a large
-learning rate (darex_ext/demo_task.py); its weight deltas are then pruned at p = 0.99 with
-every method (darex_ext/demo_repro.py): plain DARE, DAREx-q with an empirical q (labeled
+learning rate (darex_ext/apps/demo_task.py); its weight deltas are then pruned at p = 0.99 with
+every method (darex_ext/apps/demo_repro.py): plain DARE, DAREx-q with an empirical q (labeled
 validation) and with an analytic per-layer q (unlabeled), magnitude pruning, and DARE on an
 AdamR fine-tune. Prints the table and saves a plot of accuracy against q.
 
@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 
 import torch
 
-from darex_ext.demo_repro import compare_methods, q_curve
-from darex_ext.demo_task import DemoConfig, build_demo
+from darex_ext.apps.demo_repro import compare_methods, q_curve
+from darex_ext.apps.demo_task import DemoConfig, build_demo
 
 CURVE_QS = [0.01, 0.0125, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0]
 

@@ -5,35 +5,31 @@ Quick start::
     import darex_ext
     darex_ext.prune_(delta, p=0.99, q=0.05, seed=0)   # in place, CPU or CUDA
     merged = darex_ext.dare(finetuned, base, p=0.9)    # base + pruned delta, fused
+
+Layers (docs/architecture.md): `ops` (dispatcher op wrappers), `reference` (their plain-PyTorch
+twins), `storage`, `algorithms`, `pipeline`, `integrations`, `apps` (the `darex` command).
 """
 
 from __future__ import annotations
 
-from . import _loader
-from . import _fake  # noqa: F401  (registers fake kernels)
-from . import _autograd  # noqa: F401  (registers autograd for dare)
+import importlib
+
 from ._version import __version__
-from .ops import dare, keep_mask, prune_
+from .ops import (build_info, cuda_built, dare, keep_mask, magnitude_prune_, prune_, row_moments,
+                  structural_prune_, topk_mask, topk_threshold, wanda_prune_)
 from .seeds import tensor_seed
-from .topk import magnitude_prune_, topk_mask, topk_threshold, wanda_prune_
-from .structural import structural_prune_
-from .moments import row_moments
 
 __all__ = [
     "__version__", "prune_", "dare", "keep_mask", "tensor_seed", "topk_mask", "topk_threshold",
     "magnitude_prune_", "wanda_prune_", "structural_prune_", "row_moments", "cuda_built", "build_info",
+    "storage",
 ]
 
-
-def cuda_built() -> bool:
-    """True if the installed extension was compiled with CUDA kernels."""
-    return bool(_loader._C.cuda_built())
+# Subpackages above the ops layer load on first use, so `import darex_ext.ops` stays the ops alone.
+_LAZY = ("storage", "algorithms", "pipeline", "integrations", "reference", "apps")
 
 
-def build_info() -> dict:
-    """Versions and features the extension was built with (torch version, CUDA, CPU ISA)."""
-    return dict(_loader._C.build_info())
-
-# Sparse delta storage (issue 4): darex_ext.storage.{compress, compress_dare, SparseDelta, save, load}
-from . import storage  # noqa: E402
-__all__ += ["storage"]
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

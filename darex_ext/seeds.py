@@ -1,7 +1,7 @@
 """Seeds: per-tensor seeds for models, and the int64 form the ops take.
 
 tensor_seed(seed, name) = splitmix64(seed XOR fnv1a64(utf8(name))), so a tensor's mask does not
-depend on processing order, sharding or worker count (DESIGN.md).
+depend on processing order, sharding or worker count (docs/mask_spec.md).
 """
 
 from __future__ import annotations

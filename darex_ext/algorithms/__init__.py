@@ -1,14 +1,19 @@
 """darex_ext.algorithms: the DARE / DAREx / DPPA algorithms as documented functions.
 
 Heavy loops run in the darex kernels; these modules choose what to prune and how much
-(DESIGN.md layers: they call the ops, never the reverse); merge methods for N fine-tunes.
+(docs/architecture.md layers: they call the ops, never the reverse); merge methods for N fine-tunes.
 """
 
 from __future__ import annotations
 
 __all__: list[str] = []
 
-# -- DAREx-q, AdamR and method choice (issue 5, part A) --
+# -- one tensor by a named method: the entry every caller shares --
+from .prune_tensor import PRUNE_METHODS, prune_tensor, tensor_q  # noqa: E402
+
+__all__ += ["PRUNE_METHODS", "prune_tensor", "tensor_q"]
+
+# -- DAREx-q, AdamR and method choice --
 from .adamr import AdamR  # noqa: E402
 from .analytic_q import analytic_layer_q, analytic_q, analytic_q_for_model, phi, q_from_moments  # noqa: E402
 from .input_stats import InputStats, call_model, collect_input_stats  # noqa: E402
@@ -23,8 +28,8 @@ __all__ += [
     "recommend", "Recommendation", "delta_stats", "DeltaStats", "TensorStats",
 ]
 
-# -- Structural DPP, DPPA and LoRA (issue 5, part B) --
-from ..structural import structural_prune_  # noqa: E402
+# -- Structural DPP, DPPA and LoRA --
+from ..ops import structural_prune_  # noqa: E402
 from .dppa import (  # noqa: E402
     AmplificationSearch,
     DPPADensities,
@@ -44,7 +49,7 @@ __all__ += [
     "lora_layers", "prune_lora",
 ]
 
-# merge (issue 6)
+# -- merge methods for N fine-tunes --
 from .merge import MERGE_METHODS, dare_linear, dare_ties, merge_tensor, task_arithmetic, ties  # noqa: E402
 
 __all__ += ["MERGE_METHODS", "task_arithmetic", "ties", "dare_ties", "dare_linear", "merge_tensor"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from .. import _checks
+from ..ops import _checks
 
 
 def number(x, name: str) -> float:

@@ -26,8 +26,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .. import _checks
-from ..moments import row_moments
+from ..ops import _checks, row_moments
 from . import _args
 
 __all__ = ["analytic_q", "analytic_layer_q", "q_from_moments", "phi", "analytic_q_for_model"]

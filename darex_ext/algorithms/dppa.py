@@ -37,8 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import _checks
-from ..topk import count_from_rate, magnitude_prune_, topk_mask, topk_threshold
+from ..ops import _checks, count_from_rate, magnitude_prune_, topk_mask, topk_threshold
 
 __all__ = [
     "BLOCK_PATTERN",

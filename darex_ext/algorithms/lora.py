@@ -37,8 +37,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .. import _checks
-from ..ops import prune_
+from ..ops import _checks, prune_
 from ..seeds import tensor_seed
 
 __all__ = ["lora_layers", "prune_lora"]

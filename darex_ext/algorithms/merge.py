@@ -22,9 +22,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..ops import prune_
 from ..seeds import resolve_seed, tensor_seed
-from ..topk import magnitude_prune_
+from .prune_tensor import prune_tensor
 
 __all__ = ["MERGE_METHODS", "task_arithmetic", "ties", "dare_ties", "dare_linear", "merge_tensor",
            "merge_seed", "elect_sign"]
@@ -134,7 +133,7 @@ def ties(deltas: Sequence[torch.Tensor], weights=None, *, p=0.8, lam: float = 1.
     top-k), elect a sign per entry, average the agreeing entries (weighted)."""
     ds = _acc(deltas)
     for d, pi in zip(ds, _per_model(p, len(ds), "p")):
-        magnitude_prune_(d, pi)
+        prune_tensor(d, "magnitude", pi)
     ds, w = _weighted(ds, weights)
     return _scaled(_disjoint(ds, w, normalize=normalize, consensus=consensus), lam)
 
@@ -145,10 +144,7 @@ def _dare_all(ds: list[torch.Tensor], p, seeds: Sequence[int], q, rescale: str) 
         raise ValueError(f"seeds has {len(seeds)} values for {len(ds)} fine-tunes")
     qs = [None] * len(ds) if q is None else _per_model(q, len(ds), "q")
     for d, pi, si, qi in zip(ds, ps, seeds, qs):
-        if rescale == "q":
-            prune_(d, pi, qi, seed=si)
-        else:
-            prune_(d, pi, seed=si, rescale=rescale)
+        prune_tensor(d, "dare" if qi is None else "darex-q", pi, q=qi, seed=si, rescale=rescale)
 
 
 def dare_ties(deltas: Sequence[torch.Tensor], weights=None, *, p, seeds: Sequence[int], q=None,

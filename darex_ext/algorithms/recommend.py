@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import _checks
+from ..ops import _checks
 from . import _args
 
 __all__ = ["TensorStats", "DeltaStats", "Recommendation", "delta_stats", "recommend",

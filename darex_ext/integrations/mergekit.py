@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from ..algorithms.merge import _disjoint, _linear, merge_seed
-from ..ops import prune_
+from ..algorithms.prune_tensor import prune_tensor
+from ..ops import topk_mask
 from ..seeds import resolve_seed
-from ..topk import magnitude_prune_, topk_mask
 
 __all__ = ["sparsify", "install", "uninstall", "register_methods", "METHOD_NAMES"]
 
@@ -73,8 +73,8 @@ def _random(tensor: torch.Tensor, density: float, norm: str | None, seed) -> tor
     seed = resolve_seed(torch.default_generator if seed is None else seed)
     out = tensor.detach().clone()
     if norm == "l1":
-        return prune_(out, 1.0 - density, seed=seed, rescale="l1")
-    prune_(out, 1.0 - density, seed=seed, rescale="none")
+        return prune_tensor(out, "dare", 1.0 - density, seed=seed, rescale="l1")
+    prune_tensor(out, "dare", 1.0 - density, seed=seed, rescale="none")
     return _rescaled(tensor, out, norm)
 
 
@@ -162,7 +162,7 @@ def _make_method_class():
             if self.kind == "ties":
                 for d, keep in zip(ds, density):
                     if keep < 1:
-                        magnitude_prune_(d, 1.0 - max(0.0, keep))
+                        prune_tensor(d, "magnitude", 1.0 - max(0.0, keep))
             elif self.kind.startswith("dare"):
                 mode = parameters["dare_rescale"] or ("l1" if parameters["rescale"] else "none")
                 if mode not in ("l1", "q", "none"):
@@ -175,9 +175,9 @@ def _make_method_class():
                         continue
                     seed = merge_seed(parameters["seed"], i, name)
                     if mode == "q":
-                        prune_(d, 1.0 - keep, keep, seed=seed)
+                        prune_tensor(d, "darex-q", 1.0 - keep, q=keep, seed=seed)
                     else:
-                        prune_(d, 1.0 - keep, seed=seed, rescale=mode)
+                        prune_tensor(d, "dare", 1.0 - keep, seed=seed, rescale=mode)
             for d, w in zip(ds, weights):
                 if w != 1.0:
                     d.mul_(w)

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from ..ops import prune_
+from ..algorithms.prune_tensor import prune_tensor
+from ..ops import topk_mask
 from ..seeds import resolve_seed, splitmix64
-from ..topk import topk_mask
 
 __all__ = ["prune", "magnitude_based_pruning", "random_pruning", "magnitude_prune", "ties", "dare_linear",
            "dare_ties", "install", "uninstall"]
@@ -44,8 +44,8 @@ def random_pruning(tensor: torch.Tensor, density: float, rescale: bool, *, seed:
     seed = resolve_seed(torch.default_generator if seed is None else seed)
     out = tensor.detach().clone()
     if rescale:
-        return prune_(out, 1.0 - density, density, seed=seed)
-    return prune_(out, 1.0 - density, seed=seed, rescale="none")
+        return prune_tensor(out, "darex-q", 1.0 - density, q=density, seed=seed)
+    return prune_tensor(out, "dare", 1.0 - density, seed=seed, rescale="none")
 
 
 def prune(tensor: torch.Tensor, density: float, method: str, rescale: bool = False, *,

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .. import storage
 from ._malloc import fixed_mmap_threshold
 from .checkpoint import Checkpoint
 from .compat import CheckpointMismatch
@@ -61,8 +62,6 @@ def _check(base: Checkpoint, layout: Layout, stored: set[str]) -> None:
 
 
 def _open(base: str, delta: str):
-    from .. import storage
-
     delta_file, dense_file, side_dir = delta_paths(delta)
     deltas = storage.load(delta_file)
     layout_json = (deltas.metadata or {}).get("darex.layout")
@@ -89,23 +88,22 @@ def _job(group, base: str, delta: str, out: str, device: str, overwrite: bool, s
     fixed_mmap_threshold()
     start = time.perf_counter()
     b, deltas, dense, layout, side_dir = _open(base, delta)
-    del device  # the storage decoders run on the CPU; a sparse scatter-add is not worth a copy
+    dev = torch.device(device)
 
     def compute(name: str) -> torch.Tensor:
         if dense is not None and name in dense:
             return dense.get(name)
         t = b.get(name)
         if name in deltas:
-            deltas[name].add_to_(t)
+            # The scatter-add runs where --device says; CPU and CUDA kernels give the same bits.
+            t = deltas[name].to(dev).add_to_(t.to(dev)).cpu()
         return t
 
     try:
         summary = write_model(group, out, layout, compute, side_dir=side_dir, side_files=_side_files(side_dir),
                               overwrite=overwrite, show_progress=show_progress, desc="applying")
     finally:
-        close = getattr(deltas, "close", None)
-        if close is not None:
-            close()
+        deltas.close()
     summary["seconds"] = time.perf_counter() - start
     return summary
 
@@ -113,11 +111,11 @@ def _job(group, base: str, delta: str, out: str, device: str, overwrite: bool, s
 def apply_delta(base: str | os.PathLike, delta: str | os.PathLike, out: str | os.PathLike, *,
                 workers: int = 1, device: str = "cpu", overwrite: bool = False,
                 show_progress: bool = False) -> dict[str, Any]:
-    """Write base + delta as a model directory `out` (layout of the model the delta came from)."""
+    """Write base + delta as a model directory `out` (layout of the model the delta came from).
+    `device` ("cpu", "cuda", "cuda:N") is where the deltas are added onto the base tensors."""
     base, delta, out = os.fspath(base), os.fspath(delta), os.fspath(out)
-    b, deltas, _dense, _layout, _side = _open(base, delta)  # fail before any worker starts
-    close = getattr(deltas, "close", None)
-    if close is not None:
-        close()
-    del b
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    _b, deltas, _dense, _layout, _side = _open(base, delta)  # fail before any worker starts
+    deltas.close()
     return run_workers(_job, (base, delta, out, device, overwrite, show_progress), workers=workers, device=device)

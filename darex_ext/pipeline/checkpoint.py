@@ -8,86 +8,18 @@ what) costs no tensor reads; tensors are then read one at a time from memory-map
 from __future__ import annotations
 
 import json
-import math
 import os
-import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Checkpoint", "ReadBuffer", "TensorInfo", "open_checkpoint", "DTYPE_CODES", "WEIGHT_FILE", "INDEX_FILE"]
+from ..io.safetensors import DTYPE_CODES, TensorInfo, read_header
+
+__all__ = ["Checkpoint", "ReadBuffer", "TensorInfo", "open_checkpoint", "DTYPE_CODES", "WEIGHT_FILE", "INDEX_FILE",
+           "read_header"]
 
 WEIGHT_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-_MAX_HEADER = 100 * 1024 * 1024
-
-DTYPE_CODES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-}
-for _code, _name in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"),
-                     ("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64")):
-    if hasattr(torch, _name):
-        DTYPE_CODES[_code] = getattr(torch, _name)
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where a tensor lives and what it is, from the header alone."""
-
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    file: str          # file name relative to the checkpoint's directory
-    begin: int         # byte offsets inside the file's data section
-    end: int
-    data_start: int = 0  # where the data section begins in the file (8 + header length)
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.end - self.begin
-
-
-def read_header(path: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Parse a safetensors header: ({name: TensorInfo} in data order, metadata)."""
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise ValueError(f"{path}: not a safetensors file (shorter than 8 bytes)")
-        (n,) = struct.unpack("<Q", raw)
-        if n > _MAX_HEADER:
-            raise ValueError(f"{path}: safetensors header of {n} bytes is implausibly large")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: malformed safetensors header ({exc})") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: malformed safetensors header (not a JSON object)")
-    metadata = header.pop("__metadata__", None) or {}
-    base = os.path.basename(path)
-    data_size = os.path.getsize(path) - 8 - n
-    infos = []
-    for name, entry in header.items():
-        try:
-            dtype = DTYPE_CODES[entry["dtype"]]
-            shape = tuple(int(s) for s in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: unsupported or malformed header entry for {name!r}: {entry!r}") from None
-        info = TensorInfo(name, dtype, shape, base, begin, end, 8 + n)
-        if any(d < 0 for d in shape) or not 0 <= begin <= end <= data_size or \
-                end - begin != info.numel * torch.empty((), dtype=dtype).element_size():
-            raise ValueError(f"{path}: tensor {name!r} has inconsistent offsets {entry['data_offsets']} "
-                             f"for {entry['dtype']}{list(shape)}")
-        infos.append(info)
-    infos.sort(key=lambda t: (t.begin, t.end))
-    return {t.name: t for t in infos}, dict(metadata)
 
 
 class ReadBuffer:

@@ -9,6 +9,7 @@ from typing import IO
 
 import torch
 
+from ..algorithms.recommend import recommend
 from .checkpoint import Checkpoint, read_header
 from .output import DELTA_FILE
 
@@ -27,16 +28,11 @@ def is_delta(path: str) -> bool:
 def recommendation(delta: torch.Tensor, p: float) -> str:
     """darex_ext.algorithms.recommend's method for this delta at drop rate p, from the delta
     alone (no labels, no activation statistics, fine-tuning not under our control); "-" when
-    this build has no recommend or the delta is empty."""
-    try:
-        from ..algorithms import recommend
-    except ImportError:
-        return "-"
+    the delta is empty or p is 0."""
     if delta.numel() == 0 or not 0.0 < p < 1.0:
         return "-"
     advice = recommend(delta, p, has_labels=False, has_calibration_data=False)
-    q = getattr(advice, "q", None)
-    return str(getattr(advice, "method", advice)) + (f" ({q} q)" if q else "")
+    return advice.method + (f" ({advice.q} q)" if advice.q else "")
 
 
 def _stats(t: torch.Tensor) -> tuple[float, float, float]:

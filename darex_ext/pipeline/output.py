@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
-from .._atomic import atomic_dir
+from ..io.atomic import atomic_dir
+from ..io.safetensors import pwrite_all, tensor_bytes
 from . import _fault
 from .workers import SoloGroup, assign
-from .writer import FileSlots, Layout, OutEntry, OutFile, create_file, tensor_bytes
+from .writer import FileSlots, Layout, OutEntry, OutFile, create_file
 
 __all__ = ["write_model", "write_delta", "DELTA_FILE", "DENSE_FILE", "progress"]
 
@@ -98,11 +99,7 @@ def write_model(group: SoloGroup, out: str, layout: Layout, compute: Callable[[s
 
 
 def _append(fd: int, t: torch.Tensor, pos: int) -> int:
-    data = tensor_bytes(t)
-    done = 0
-    while done < len(data):
-        done += os.pwrite(fd, data[done:], pos + done)
-    return len(data)
+    return pwrite_all(fd, tensor_bytes(t), pos)
 
 
 def write_delta(group: SoloGroup, out: str, names: Sequence[str], sizes: Sequence[int],
@@ -230,10 +227,7 @@ def _gather_dense(tmp: str, records) -> None:
             for rank, (name, _dtype, _shape, pos, n) in records:
                 dst = head[name][1]
                 for chunk in parts.chunks(rank, pos, n):
-                    done = 0
-                    while done < len(chunk):
-                        done += os.pwrite(fd, chunk[done:], dst + done)
-                    dst += len(chunk)
+                    dst += pwrite_all(fd, chunk, dst)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -23,9 +23,11 @@ from typing import Any
 import torch
 
 from .._version import __version__
-from ..ops import dare, prune_
+from .. import storage
+from ..algorithms.dppa import dppa_densities
+from ..algorithms.prune_tensor import PRUNE_METHODS, RANDOM_METHODS, prune_tensor, tensor_q
+from ..ops import dare
 from ..seeds import resolve_seed, tensor_seed
-from ..topk import magnitude_prune_, wanda_prune_
 from ._malloc import fixed_mmap_threshold
 from .checkpoint import Checkpoint, ReadBuffer
 from .compat import check_pair
@@ -38,9 +40,8 @@ from .writer import layout_of
 __all__ = ["PruneConfig", "METHODS", "FORMATS", "plan_prune", "prune_model", "prune_delta", "dense_tensor", "dppa_rates",
            "bitwise_equal"]
 
-METHODS = ("dare", "darex-q", "magnitude", "wanda", "dppa")
+METHODS = PRUNE_METHODS
 FORMATS = ("dense", "seeded", "bitmask", "csr")
-_RANDOM = ("dare", "darex-q")
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class PruneConfig:
         if (self.q_mode == "analytic" or self.method == "wanda") and self.stats is None:
             raise ValueError(f"{'--q-mode analytic' if self.method != 'wanda' else '--method wanda'} "
                              "needs --stats (a safetensors file of per-module input statistics)")
-        if self.format == "seeded" and self.method not in _RANDOM:
+        if self.format == "seeded" and self.method not in RANDOM_METHODS:
             raise ValueError(f"format 'seeded' stores a DARE mask by its seed; method {self.method!r} "
                              "is not seeded (use bitmask or csr)")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -116,17 +117,9 @@ class _Stats:
         return self._handle.get_tensor(key) if key in self._keys else None
 
 
-def _analytic_q(delta: torch.Tensor, x_mean: torch.Tensor, p: float) -> torch.Tensor:
-    analytic_q = _require("analytic_q", "--q-mode analytic")
-    return analytic_q(delta, x_mean.to(delta.device), p)
-
-
 def _q_for(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats):
-    if cfg.q_mode == "analytic" and delta.dim() == 2:
-        x_mean = stats.get(name, "x_mean")
-        if x_mean is not None:
-            return _analytic_q(delta, x_mean, cfg.p)
-    return cfg.q
+    x_mean = stats.get(name, "x_mean") if cfg.q_mode == "analytic" else None
+    return tensor_q(delta, cfg.p, cfg.q, x_mean=x_mean)
 
 
 def prune_delta(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats | None = None, *,
@@ -137,27 +130,14 @@ def prune_delta(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats 
     a tensor DPPA does not group into a block is magnitude-pruned at p.
     """
     stats = stats or _Stats(None)
-    if cfg.method in _RANDOM:
-        return prune_(delta, cfg.p, _q_for(name, delta, cfg, stats), seed=tensor_seed(cfg.seed, name))
-    if cfg.method == "magnitude":
-        return magnitude_prune_(delta, cfg.p, q=cfg.q)
-    if cfg.method == "wanda":
-        act = stats.get(name, "act_norm") if delta.dim() == 2 else None
-        if act is None:  # biases, norms, tensors without statistics: magnitude
-            return magnitude_prune_(delta, cfg.p, q=cfg.q)
-        return wanda_prune_(delta, act.to(delta.device), cfg.p, q=cfg.q)
-    if drop_rates is None:
+    if cfg.method == "dppa" and drop_rates is None:
         raise ValueError("method 'dppa' needs drop_rates (see dppa_rates)")
-    return magnitude_prune_(delta, drop_rates.get(name, cfg.p), q=cfg.q)
-
-
-def _require(name: str, what: str):
-    from .. import algorithms
-
-    fn = getattr(algorithms, name, None)
-    if fn is None:
-        raise RuntimeError(f"{what} needs darex_ext.algorithms.{name}, which this build does not have")
-    return fn
+    if cfg.method in RANDOM_METHODS:
+        return prune_tensor(delta, cfg.method, cfg.p, q=_q_for(name, delta, cfg, stats),
+                            seed=tensor_seed(cfg.seed, name))
+    act = stats.get(name, "act_norm") if cfg.method == "wanda" else None
+    rate = drop_rates.get(name) if drop_rates is not None else None
+    return prune_tensor(delta, cfg.method, cfg.p, q=cfg.q, act_norm=act, drop_rate=rate)
 
 
 class _LazyDeltas(Mapping):
@@ -182,7 +162,6 @@ class _LazyDeltas(Mapping):
 def dppa_rates(base: Checkpoint, finetuned: Checkpoint, selected: list[str], p: float) -> dict[str, float]:
     """DPPA dynamic pruning's per-tensor drop rates for the selected matrices (one extra read of
     both models; see darex_ext.algorithms.dppa_densities)."""
-    dppa_densities = _require("dppa_densities", "--method dppa")
     matrices = [n for n in selected if len(finetuned.infos[n].shape) == 2]
     return dppa_densities(_LazyDeltas(base, finetuned, matrices), p).drop_rates()
 
@@ -198,10 +177,8 @@ def dense_tensor(name: str, base: torch.Tensor, finetuned: torch.Tensor, cfg: Pr
     with the storage scatter kernels that `apply` uses. Works on any device the ops support;
     both `base` and `finetuned` may be overwritten (the result is usually `base` itself).
     """
-    from .. import storage
-
     stats = stats or _Stats(None)
-    if cfg.method in _RANDOM:
+    if cfg.method in RANDOM_METHODS:
         seed = tensor_seed(cfg.seed, name)
         if base.dtype in (torch.float32, torch.float64) and cfg.q_mode != "analytic":
             return dare(finetuned, base, cfg.p, cfg.q, seed=seed, out=base)
@@ -220,8 +197,6 @@ def dense_tensor(name: str, base: torch.Tensor, finetuned: torch.Tensor, cfg: Pr
 
 
 def _compress(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats, drop_rates):
-    from .. import storage
-
     delta = delta.cpu()  # the storage encoders run on the CPU
 
     if cfg.format == "seeded":
@@ -330,11 +305,5 @@ def prune_model(base: str | os.PathLike, finetuned: str | os.PathLike, out: str 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     plan_prune(base, finetuned, cfg)  # fail before any worker starts
-    if cfg.method == "dppa":
-        _require("dppa_densities", "--method dppa")  # a clear error before any work
-    if cfg.q_mode == "analytic":
-        _require("analytic_q", "--q-mode analytic")
-    if cfg.format != "dense":
-        from .. import storage  # noqa: F401  (a clear ImportError before any work)
     return run_workers(_job, (base, finetuned, out, cfg, overwrite, show_progress), workers=workers,
                        device=cfg.device)

@@ -10,30 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from dataclasses import dataclass, field
 
 import torch
 
-from ..storage.files import tensor_bytes
-from .checkpoint import DTYPE_CODES, Checkpoint
+from ..io.safetensors import DTYPE_CODES, dtype_code, encode_header, nbytes, pwrite_all, tensor_bytes
+from .checkpoint import Checkpoint
 
 __all__ = ["OutEntry", "OutFile", "Layout", "layout_of", "create_file", "FileSlots", "dtype_code",
            "tensor_bytes"]
-
-_CODES = {dtype: code for code, dtype in DTYPE_CODES.items()}
-
-
-def dtype_code(dtype: torch.dtype) -> str:
-    try:
-        return _CODES[dtype]
-    except KeyError:
-        raise TypeError(f"dtype {dtype} cannot be stored in safetensors") from None
-
-
-def _element_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
 
 @dataclass(frozen=True)
 class OutEntry:
@@ -43,10 +28,7 @@ class OutEntry:
 
     @property
     def nbytes(self) -> int:
-        n = _element_size(self.dtype)
-        for s in self.shape:
-            n *= s
-        return n
+        return nbytes(self.dtype, self.shape)
 
 
 @dataclass
@@ -111,15 +93,7 @@ def layout_of(ckpt: Checkpoint, names: list[str] | None = None) -> Layout:
 
 
 def _header(f: OutFile) -> tuple[bytes, dict[str, tuple[int, int]]]:
-    header: dict[str, object] = {"__metadata__": dict(f.metadata)} if f.metadata else {}
-    offsets, pos = {}, 0
-    for e in f.entries:
-        header[e.name] = {"dtype": dtype_code(e.dtype), "shape": list(e.shape), "data_offsets": [pos, pos + e.nbytes]}
-        offsets[e.name] = (pos, pos + e.nbytes)
-        pos += e.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # data section 8-byte aligned, as the reference writer does
-    return struct.pack("<Q", len(raw)) + raw, offsets
+    return encode_header([(e.name, e.dtype, e.shape) for e in f.entries], f.metadata)
 
 
 def create_file(path: str, f: OutFile) -> None:
@@ -152,10 +126,7 @@ class FileSlots:
         if fd is None:
             fd = os.open(os.path.join(self._dir, file), os.O_WRONLY)
             self._fds[file] = fd
-        data = tensor_bytes(t)
-        done = 0
-        while done < len(data):
-            done += os.pwrite(fd, data[done:], pos + done)
+        pwrite_all(fd, tensor_bytes(t), pos)
 
     def close(self, *, sync: bool = True) -> None:
         for fd in self._fds.values():

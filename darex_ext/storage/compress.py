@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks
-from ..ops import prune_
+from ..ops import _checks, bitmask_pack, csr_pack, prune_, seeded_pack
 from ..seeds import resolve_seed
-from . import kernels
 from .formats import format_nbytes
 from .sparse_delta import SparseDelta
 
@@ -52,11 +50,11 @@ def compress(pruned: torch.Tensor, format: str = "auto", *, method: str | None =
     fmt = format
     if format in ("auto", "bitmask"):
         # The bitmask pack is cheaper than counting nonzeros first; its count decides "auto".
-        values, bitmask, row_offsets = kernels.bitmask_pack(pruned)
+        values, bitmask, row_offsets = bitmask_pack(pruned)
         fmt = "csr" if format == "auto" and _smaller_is_csr(pruned, values.numel()) else "bitmask"
         payload = {"compressed": values, "bitmask": bitmask, "row_offsets": row_offsets}
     if fmt == "csr":
-        crow, col, values = kernels.csr_pack(pruned)
+        crow, col, values = csr_pack(pruned)
         payload = {"crow": crow, "col": col, "values": values}
     return SparseDelta(fmt, tuple(pruned.shape), pruned.dtype, payload, meta)
 
@@ -85,7 +83,7 @@ def compress_dare(delta: torch.Tensor, p: float, q=None, *, seed, format: str = 
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, got {type(method).__name__}")
     if format == "seeded":
-        values = kernels.seeded_pack(delta, p, q, seed=seed, offset=offset)
+        values = seeded_pack(delta, p, q, seed=seed, offset=offset)
         meta = {"method": method, "p": p, "q": _q_json(q), "seed": seed, "offset": offset}
         return SparseDelta("seeded", tuple(delta.shape), delta.dtype, {"values": values}, meta)
     if format not in _COMPRESS_FORMATS:

@@ -18,15 +18,14 @@ mapped by safetensors and each delta is read and validated when it is looked up.
 from __future__ import annotations
 
 import json
-import math
 import os
-import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .._atomic import atomic_file
+from ..io.atomic import atomic_file
+from ..io.safetensors import encode_header, tensor_bytes
 from .._version import __version__
 from ._validate import check_shape, label
 from .errors import FormatError
@@ -42,11 +41,9 @@ KEY_TENSORS = "darex_ext.tensors"
 _RESERVED = "darex_ext."
 
 
-# safetensors dtype codes of every tensor a delta file holds (values, indices, masks, offsets).
-_ST_CODES = {
-    torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.uint8: "U8", torch.uint16: "U16", torch.uint32: "U32",
-}
+# Every tensor a delta file holds (values, indices, masks, offsets) has one of these dtypes.
+_FILE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.uint8,
+                torch.uint16, torch.uint32)
 
 
 @dataclass(frozen=True)
@@ -78,12 +75,6 @@ def delta_record(name: str, sd: SparseDelta) -> tuple[DeltaRecord, dict[str, tor
     return DeltaRecord(name, entry, specs), tensors
 
 
-def tensor_bytes(t: torch.Tensor) -> memoryview:
-    """The raw little-endian bytes of a CPU tensor, without a copy when it is contiguous."""
-    t = t.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(t.view(torch.uint8).numpy())
-
-
 def _header_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     header = {KEY_VERSION: FORMAT_VERSION, KEY_WRITER: __version__}
     for k, v in (metadata or {}).items():
@@ -93,10 +84,6 @@ def _header_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
             raise ValueError(f"metadata key {k!r} is reserved (prefix {_RESERVED!r})")
         header[k] = v
     return header
-
-
-def _nbytes(dtype: torch.dtype, shape) -> int:
-    return dtype.itemsize * math.prod(int(s) for s in shape)
 
 
 def file_header(records: Sequence[DeltaRecord], metadata: Mapping[str, str] | None = None
@@ -116,7 +103,7 @@ def file_header(records: Sequence[DeltaRecord], metadata: Mapping[str, str] | No
             raise ValueError(f"delta {rec.name!r} appears twice")
         index[rec.name] = rec.entry
         for key, dtype, shape in rec.tensors:
-            if dtype not in _ST_CODES:
+            if dtype not in _FILE_DTYPES:
                 raise TypeError(f"{key}: dtype {dtype} cannot be stored")
             specs.append((key, dtype, shape))
     try:
@@ -124,17 +111,8 @@ def file_header(records: Sequence[DeltaRecord], metadata: Mapping[str, str] | No
     except (TypeError, ValueError) as exc:
         raise ValueError(f"delta metadata must be JSON-serialisable: {exc}") from exc
     order = sorted(range(len(specs)), key=lambda i: (-specs[i][1].itemsize, i))
-    header: dict[str, object] = {"__metadata__": {k: meta[k] for k in sorted(meta)}}
-    layout, pos = [], 0
-    for i in order:
-        key, dtype, shape = specs[i]
-        n = _nbytes(dtype, shape)
-        header[key] = {"dtype": _ST_CODES[dtype], "shape": list(shape), "data_offsets": [pos, pos + n]}
-        layout.append((key, n))
-        pos += n
-    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-    return struct.pack("<Q", len(raw)) + raw, layout
+    head, offsets = encode_header([specs[i] for i in order], {k: meta[k] for k in sorted(meta)})
+    return head, [(specs[i][0], offsets[specs[i][0]][1] - offsets[specs[i][0]][0]) for i in order]
 
 
 def write_file(path: str | os.PathLike, records: Sequence[DeltaRecord], metadata: Mapping[str, str] | None,

@@ -20,6 +20,8 @@ import math
 
 import torch
 
+from ..ops._row_view import column_dtype, row_view
+
 __all__ = [
     "FORMATS", "FORMAT_VERSION", "PAYLOAD_KEYS", "FILE_KEYS", "DTYPE_NAMES", "DTYPES_BY_NAME",
     "COLUMN_DTYPES", "row_view", "packed_row_bytes", "column_dtype", "format_nbytes",
@@ -49,24 +51,8 @@ DTYPES_BY_NAME = {v: k for k, v in DTYPE_NAMES.items()}
 COLUMN_DTYPES = (torch.uint8, torch.uint16, torch.uint32, torch.int64)
 
 
-def row_view(shape) -> tuple[int, int]:
-    """(rows, cols) of the 2-D view of a tensor of this shape."""
-    shape = tuple(int(s) for s in shape)
-    if len(shape) <= 1:
-        return 1, math.prod(shape)
-    return shape[0], math.prod(shape[1:])
-
-
 def packed_row_bytes(cols: int) -> int:
     return (cols + 7) // 8
-
-
-def column_dtype(cols: int) -> torch.dtype:
-    """Narrowest dtype that holds every column index 0 .. cols - 1."""
-    for dtype, limit in ((torch.uint8, 1 << 8), (torch.uint16, 1 << 16), (torch.uint32, 1 << 32)):
-        if cols <= limit:
-            return dtype
-    return torch.int64
 
 
 def format_nbytes(fmt: str, shape, dtype: torch.dtype, kept: int) -> int:

@@ -6,8 +6,7 @@ import math
 
 import torch
 
-from .. import _checks
-from . import kernels
+from ..ops import _checks, bitmask_scatter_, csr_scatter_, seeded_scatter_
 from ._validate import check_delta, label
 from .errors import FormatError
 from .formats import DTYPE_NAMES
@@ -110,13 +109,13 @@ class SparseDelta:
         pl, m = self.payload, self.meta
         try:
             if self.format == "seeded":
-                kernels.seeded_scatter_(out, values, m["p"], seed=m["seed"], offset=m["offset"],
+                seeded_scatter_(out, values, m["p"], seed=m["seed"], offset=m["offset"],
                                         alpha=alpha, accumulate=accumulate)
             elif self.format == "bitmask":
-                kernels.bitmask_scatter_(out, values, pl["bitmask"], pl["row_offsets"], alpha=alpha,
+                bitmask_scatter_(out, values, pl["bitmask"], pl["row_offsets"], alpha=alpha,
                                          accumulate=accumulate)
             else:
-                kernels.csr_scatter_(out, pl["crow"], pl["col"], values, alpha=alpha,
+                csr_scatter_(out, pl["crow"], pl["col"], values, alpha=alpha,
                                      accumulate=accumulate)
         except (ValueError, TypeError) as exc:  # the kernels' content checks
             raise FormatError(f"{label(self.name)} ({self.format}): {exc}") from exc

@@ -1,0 +1,26 @@
+"""Plain-PyTorch twins of every darex op: slow, obviously correct, device-agnostic.
+
+One module per op, named like the op (darex_ext/ops/<op>.py <-> darex_ext/reference/<op>.py),
+plus `mask` (the mask spec of docs/mask_spec.md, literally: Philox4x32-10 in int64 arithmetic,
+the float64 threshold, one rounding to the storage dtype). They import nothing of darex_ext's
+kernels, so they stay independent of what they check; the tests compare kernels against them.
+"""
+
+from __future__ import annotations
+
+from .bitmask import bitmask_pack, bitmask_scatter, bitmask_unpack
+from .csr import csr_pack, csr_scatter
+from .mask import acc_dtype, drop_threshold, inverse_q, keep_mask, mask_words, philox4x32_10
+from .prune import dare, prune, prune_l1
+from .row_moments import row_moments
+from ._storage import row_view_2d
+from .seeded import keep_count, seeded_pack, seeded_scatter
+from .structural import structural_prune
+from .topk import magnitude_prune, topk_mask, wanda_prune
+
+__all__ = [
+    "philox4x32_10", "mask_words", "drop_threshold", "keep_mask", "acc_dtype", "inverse_q",
+    "prune", "dare", "prune_l1", "topk_mask", "magnitude_prune", "wanda_prune", "structural_prune",
+    "row_moments", "row_view_2d", "seeded_pack", "keep_count", "seeded_scatter", "bitmask_pack",
+    "bitmask_unpack", "bitmask_scatter", "csr_pack", "csr_scatter",
+]

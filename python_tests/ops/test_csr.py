@@ -1,0 +1,43 @@
+"""The csr storage op (csr_pack, csr_scatter_) against its reference twin."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import darex_ext
+from darex_ext import ops as kernels
+from darex_ext import reference as ref
+
+from conftest import randn
+from op_samples import check_samples_against_reference
+
+SHAPES = [(), (0,), (1,), (7,), (33,), (0, 5), (6, 0), (3, 5), (17, 129), (4, 3, 65), (2, 1, 1, 9), (5, 64)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_csr_pack_matches_reference(shape, dtype, device):
+    x = randn(*shape, dtype=dtype, device=device)
+    x = torch.where(torch.rand(x.shape, device=device) < 0.6, torch.zeros_like(x), x)
+    crow, col, values = kernels.csr_pack(x)
+    rcrow, rcol, rvalues = ref.csr_pack(x)
+    assert torch.equal(crow, rcrow) and torch.equal(values, rvalues)
+    assert col.dtype == rcol.dtype and torch.equal(col.to(torch.int64), rcol.to(torch.int64))
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("shape", [(0,), (1,), (65,), (7, 9), (2, 3, 17)], ids=str)
+def test_csr_scatter_matches_reference(accumulate, shape, dtype, device):
+    x = darex_ext.prune_(randn(*shape, dtype=dtype, device=device), 0.6, seed=9)
+    base = randn(*shape, dtype=dtype, device=device)
+    crow, col, cv = kernels.csr_pack(x)
+    got = kernels.csr_scatter_(base.clone(), crow, col, cv, alpha=0.75, accumulate=accumulate)
+    assert torch.equal(got, ref.csr_scatter(base, crow, col, cv, alpha=0.75, accumulate=accumulate))
+
+
+def test_csr_pack_samples_match_reference(device):
+    check_samples_against_reference("csr_pack", device)
+
+
+def test_csr_scatter_samples_match_reference(device):
+    check_samples_against_reference("csr_scatter_", device)

@@ -1,0 +1,99 @@
+"""`darex prune` with the algorithms issue's functions: --q-mode analytic, --method dppa, and the
+recommendation column of `darex inspect`. Each has a test for the build with the function and
+one for a build without it (a clear one-line error)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import darex_ext
+import darex_ext.algorithms as algorithms
+from darex_ext.apps import cli
+from darex_ext.pipeline import Checkpoint, PruneConfig, prune_model
+from darex_ext.pipeline.inspect import inspect_path
+from pipeline_models import llama_pair, load_all
+
+HAS_ANALYTIC = hasattr(algorithms, "analytic_q")
+HAS_DPPA = hasattr(algorithms, "dppa_densities")
+HAS_RECOMMEND = hasattr(algorithms, "recommend")
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("alg"))
+    base, (ft,) = llama_pair(root, layers=3)
+    return base, ft
+
+
+def _x_means(path, ft_dir, names):
+    ck = Checkpoint(ft_dir)
+    g = torch.Generator().manual_seed(0)
+    stats = {n[: -len(".weight")] + ".x_mean": torch.randn(ck.infos[n].shape[1], generator=g) + 0.5 for n in names}
+    save_file(stats, path)
+    return {n: stats[n[: -len(".weight")] + ".x_mean"] for n in names}
+
+
+@pytest.mark.skipif(not HAS_ANALYTIC, reason="this build has no darex_ext.algorithms.analytic_q")
+def test_analytic_q_mode_uses_per_row_q(llama, tmp_path):
+    base_dir, ft_dir = llama
+    with_stats = ["model.layers.0.mlp.up_proj.weight", "model.layers.1.self_attn.q_proj.weight"]
+    x_means = _x_means(str(tmp_path / "stats.safetensors"), ft_dir, with_stats)
+    cfg = PruneConfig(method="darex-q", p=0.9, q_mode="analytic", stats=str(tmp_path / "stats.safetensors"),
+                      preset="decoder", seed=6)
+    prune_model(base_dir, ft_dir, tmp_path / "out", cfg)
+    base, ft, got = load_all(base_dir), load_all(ft_dir), load_all(str(tmp_path / "out"))
+    for name in with_stats + ["model.layers.2.mlp.down_proj.weight"]:
+        delta = torch.sub(ft[name], base[name])
+        q = algorithms.analytic_q(delta, x_means[name], 0.9) if name in x_means else None
+        if q is not None:
+            assert q.shape == (delta.shape[0],)
+        want = base[name].clone().add_(darex_ext.prune_(delta, 0.9, q, seed=darex_ext.tensor_seed(6, name)))
+        assert torch.equal(got[name], want), name
+
+
+@pytest.mark.skipif(not HAS_DPPA, reason="this build has no darex_ext.algorithms.dppa_densities")
+def test_dppa_prunes_each_matrix_at_its_dynamic_density(llama, tmp_path):
+    base_dir, ft_dir = llama
+    cfg = PruneConfig(method="dppa", p=0.9, preset="decoder")
+    prune_model(base_dir, ft_dir, tmp_path / "out", cfg)
+    base, ft, got = load_all(base_dir), load_all(ft_dir), load_all(str(tmp_path / "out"))
+    names = [n for n in ft if ".mlp." in n or ".self_attn." in n]
+    rates = algorithms.dppa_densities({n: ft[n] - base[n] for n in names}, 0.9).drop_rates()
+    assert len(set(rates.values())) > 1  # really per-module densities
+    for name in names:
+        want = base[name].clone().add_(darex_ext.magnitude_prune_(torch.sub(ft[name], base[name]), rates[name]))
+        assert torch.equal(got[name], want), name
+
+
+@pytest.mark.skipif(HAS_ANALYTIC and HAS_DPPA, reason="this build has the algorithms")
+def test_missing_algorithms_are_a_clear_one_line_failure(llama, tmp_path, capsys):
+    base_dir, ft_dir = llama
+    _x_means(str(tmp_path / "s.safetensors"), ft_dir, ["model.layers.0.mlp.up_proj.weight"])
+    argvs = []
+    if not HAS_ANALYTIC:
+        argvs.append((["--method", "darex-q", "--q-mode", "analytic", "--stats", str(tmp_path / "s.safetensors")],
+                      "analytic_q"))
+    if not HAS_DPPA:
+        argvs.append((["--method", "dppa"], "dppa_densities"))
+    for extra, needle in argvs:
+        assert cli.main(["prune", base_dir, ft_dir, "-o", str(tmp_path / "o"), "--quiet", *extra]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err and "does not have" in err
+        assert not (tmp_path / "o").exists()
+
+
+def test_inspect_recommendation_column(llama):
+    base_dir, ft_dir = llama
+    buf = io.StringIO()
+    inspect_path(ft_dir, base=base_dir, p=0.99, out=buf, limit=4)
+    rows = buf.getvalue().strip().splitlines()[3:]
+    assert len(rows) == 4
+    col = [r.split()[-1] if not r.rstrip().endswith("q)") else r.split()[-3] for r in rows]
+    if HAS_RECOMMEND:
+        assert all(c in ("dare", "darex-q", "magnitude", "wanda", "adamr") for c in col), rows
+    else:
+        assert col == ["-"] * 4
