@@ -175,3 +175,10 @@ def test_p_zero_keeps_everything_and_mask_like_tensor():
     x = torch.randn(3, 5, 7)
     m = darex_ext.keep_mask(x, 0.0, seed=1)
     assert m.shape == x.shape and m.dtype == torch.bool and bool(m.all())
+
+
+def test_known_answers_of_the_spec_doc():
+    # docs/mask_spec.md's table; the Philox and seed answers are checked above.
+    assert ref.drop_threshold(0.5) == 2147483648
+    assert ref.drop_threshold(0.99) == 4252017623
+    assert ref.drop_threshold(0.0) == 0

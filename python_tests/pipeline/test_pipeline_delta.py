@@ -12,6 +12,7 @@ import darex_ext
 from darex_ext import storage
 from darex_ext.pipeline import CheckpointMismatch, PruneConfig, apply_delta, prune_model
 from darex_ext.pipeline.inspect import inspect_path
+from conftest import DEVICES
 from pipeline_models import bert_pair, dir_bytes, llama_pair, load_all
 
 
@@ -173,3 +174,22 @@ def test_write_delta_keeps_no_result_alive(tmp_path):
             x = torch.randn(64, 96, generator=torch.Generator().manual_seed(i))
             assert torch.equal(f[n].to_dense(), storage.compress_dare(x, 0.9, seed=i).to_dense())
         assert f.metadata == {"k": "v"}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fmt", ["seeded", "bitmask", "csr"])
+def test_apply_on_a_device_gives_the_cpu_bytes(llama, tmp_path, device, fmt):
+    # --device is where the scatter-adds run; every device must write the CPU's bytes.
+    base_dir, ft_dir = llama
+    prune_model(base_dir, ft_dir, tmp_path / "delta", PruneConfig(format=fmt, p=0.9, seed=8))
+    apply_delta(base_dir, tmp_path / "delta", tmp_path / "cpu")
+    apply_delta(base_dir, tmp_path / "delta", tmp_path / "dev", device=device)
+    assert dir_bytes(str(tmp_path / "cpu")) == dir_bytes(str(tmp_path / "dev"))
+
+
+def test_apply_rejects_an_unknown_device(llama, tmp_path):
+    base_dir, ft_dir = llama
+    prune_model(base_dir, ft_dir, tmp_path / "delta", PruneConfig(format="seeded", p=0.9))
+    with pytest.raises(ValueError, match="device"):
+        apply_delta(base_dir, tmp_path / "delta", tmp_path / "out", device="tpu")
+    assert not os.path.exists(tmp_path / "out")

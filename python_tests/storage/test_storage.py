@@ -103,7 +103,7 @@ def test_add_to_matches_reference(fmt, alpha, shape, p, dtype, device):
     base = randn(*shape, dtype=dtype, device=device)
     dense = sd.to_dense()
     mask = ref.keep_mask(shape, p, 21, device=device) if fmt == "seeded" else dense != 0
-    expected = accumulate(base, mask, dense, alpha)
+    expected = add_at(base, mask, dense, alpha)
     out = sd.add_to_(base.clone(), alpha)
     assert torch.equal(out, expected)
     if alpha == 1.0:
