@@ -34,9 +34,7 @@ def test_bitmask_scatter_matches_reference(accumulate, shape, dtype, device):
     assert torch.equal(got, ref.bitmask_scatter(base, vals, bm, alpha=0.75, accumulate=accumulate))
 
 
-def test_bitmask_pack_samples_match_reference(device):
-    check_samples_against_reference("bitmask_pack", device)
-
-
-def test_bitmask_scatter_samples_match_reference(device):
-    check_samples_against_reference("bitmask_scatter_", device)
+# ---- the shared samples (python_tests/op_samples.py) against the reference twin
+@pytest.mark.parametrize("op", ["bitmask_pack", "bitmask_scatter_"])
+def test_samples_match_reference(op, device):
+    check_samples_against_reference(op, device)

@@ -35,9 +35,7 @@ def test_csr_scatter_matches_reference(accumulate, shape, dtype, device):
     assert torch.equal(got, ref.csr_scatter(base, crow, col, cv, alpha=0.75, accumulate=accumulate))
 
 
-def test_csr_pack_samples_match_reference(device):
-    check_samples_against_reference("csr_pack", device)
-
-
-def test_csr_scatter_samples_match_reference(device):
-    check_samples_against_reference("csr_scatter_", device)
+# ---- the shared samples (python_tests/op_samples.py) against the reference twin
+@pytest.mark.parametrize("op", ["csr_pack", "csr_scatter_"])
+def test_samples_match_reference(op, device):
+    check_samples_against_reference(op, device)

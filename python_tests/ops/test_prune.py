@@ -216,26 +216,6 @@ def test_dare_gradients_regenerate_the_mask(device):
 
 
 # ---- the shared samples (python_tests/op_samples.py) against the reference twin
-@pytest.mark.parametrize("op", ["prune_"])
-def test_prune_samples_match_reference(op, device):
-    check_samples_against_reference(op, device)
-
-
-@pytest.mark.parametrize("op", ["dare"])
-def test_dare_samples_match_reference(op, device):
-    check_samples_against_reference(op, device)
-
-
-@pytest.mark.parametrize("op", ["dare_out"])
-def test_dare_out_samples_match_reference(op, device):
-    check_samples_against_reference(op, device)
-
-
-@pytest.mark.parametrize("op", ["keep_mask"])
-def test_keep_mask_samples_match_reference(op, device):
-    check_samples_against_reference(op, device)
-
-
-@pytest.mark.parametrize("op", ["kept_abs_sum"])
-def test_kept_abs_sum_samples_match_reference(op, device):
+@pytest.mark.parametrize("op", ["prune_", "dare", "dare_out", "keep_mask", "kept_abs_sum"])
+def test_samples_match_reference(op, device):
     check_samples_against_reference(op, device)

@@ -108,5 +108,5 @@ def test_bad_arguments():
 
 # ---- the shared samples (python_tests/op_samples.py) against the reference twin
 @pytest.mark.parametrize("op", ["row_moments"])
-def test_row_moments_samples_match_reference(op, device):
+def test_samples_match_reference(op, device):
     check_samples_against_reference(op, device)

@@ -81,13 +81,7 @@ def test_compile_fullgraph_decode_and_add(device):
     assert torch.equal(shifted, expected_base + 1)
 
 
-def test_seeded_pack_samples_match_reference(device):
-    check_samples_against_reference("seeded_pack", device)
-
-
-def test_keep_count_samples_match_reference(device):
-    check_samples_against_reference("keep_count", device)
-
-
-def test_seeded_scatter_samples_match_reference(device):
-    check_samples_against_reference("seeded_scatter_", device)
+# ---- the shared samples (python_tests/op_samples.py) against the reference twin
+@pytest.mark.parametrize("op", ["seeded_pack", "keep_count", "seeded_scatter_"])
+def test_samples_match_reference(op, device):
+    check_samples_against_reference(op, device)

@@ -252,5 +252,5 @@ def test_past_int32(dim):
 
 # ---- the shared samples (python_tests/op_samples.py) against the reference twin
 @pytest.mark.parametrize("op", ["structural_prune_"])
-def test_structural_prune_samples_match_reference(op, device):
+def test_samples_match_reference(op, device):
     check_samples_against_reference(op, device)

@@ -250,21 +250,6 @@ def test_sample_guided_path_falls_back_when_the_sample_misleads():
 
 
 # ---- the shared samples (python_tests/op_samples.py) against the reference twin
-@pytest.mark.parametrize("op", ["topk_mask"])
-def test_topk_mask_samples_match_reference(op, device):
-    check_samples_against_reference(op, device)
-
-
-@pytest.mark.parametrize("op", ["topk_threshold"])
-def test_topk_threshold_samples_match_reference(op, device):
-    check_samples_against_reference(op, device)
-
-
-@pytest.mark.parametrize("op", ["magnitude_prune_"])
-def test_magnitude_prune_samples_match_reference(op, device):
-    check_samples_against_reference(op, device)
-
-
-@pytest.mark.parametrize("op", ["wanda_prune_"])
-def test_wanda_prune_samples_match_reference(op, device):
+@pytest.mark.parametrize("op", ["topk_mask", "topk_threshold", "magnitude_prune_", "wanda_prune_"])
+def test_samples_match_reference(op, device):
     check_samples_against_reference(op, device)
