@@ -19,19 +19,25 @@ venv="${DAREX_VENV:-$HOME/.cache/darex_ext/venv-cpu-$key}"
 
 log() { printf '[with_env] %s\n' "$*" >&2; }
 
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9  # one creator or builder at a time; the others wait, then find it ready
+# Created in place, never renamed: console scripts (pytest, pip, mergekit-yaml) hard-code the
+# venv's path in their first line. Only a complete environment is marked ready.
 if [ ! -f "$venv/.darex_ready" ]; then
   log "creating $venv ($reqs)"
-  rm -rf "$venv.tmp"
-  "$python" -m venv "$venv.tmp"
-  # Quiet pip, but keep its errors; the local-index warnings of this machine are noise.
-  "$venv.tmp/bin/python" -m pip install -q --disable-pip-version-check $reqs 2>&1 \
-    | { grep -v "^WARNING: Location" || true; } >&2
   rm -rf "$venv"
-  mv "$venv.tmp" "$venv"
-  # venv scripts hard-code their folder; recreate them for the final location.
-  "$python" -m venv --upgrade "$venv" >/dev/null
+  "$python" -m venv "$venv"
+  # Quiet pip, but keep its errors; the local-index warnings of this machine are noise.
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check $reqs 2>&1 \
+    | { grep -v "^WARNING: Location" || true; } >&2
   touch "$venv/.darex_ready"
 fi
+# Environments made by earlier versions of this script were built as "$venv.tmp" and renamed:
+# point their console scripts at the final path.
+for script in $(grep -l "^#!$venv.tmp/bin/python" "$venv"/bin/* 2>/dev/null || true); do
+  sed -i "1s|^#!$venv.tmp/bin/python|#!$venv/bin/python|" "$script"
+done
 
 # Rebuild when the sources, the build recipe, the environment or the checkout changed.
 stamp="$( (cd "$root" && cat setup.py pyproject.toml darex_ext/_version.py $(find csrc -type f | sort) \
@@ -42,6 +48,7 @@ if [ "$(cat "$venv/.darex_build" 2>/dev/null)" != "$stamp" ] || ! ls "$root"/dar
       --no-build-isolation --no-deps -e . 2>&1 | { grep -v "^WARNING: Location" || true; } >&2)
   printf '%s' "$stamp" > "$venv/.darex_build"
 fi
+exec 9>&-  # the command itself runs without the lock
 
 export PATH="$venv/bin:$PATH"
 export VIRTUAL_ENV="$venv"

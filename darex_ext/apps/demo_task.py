@@ -1,6 +1,6 @@
 """A small pretrain -> fine-tune task on which the DAREx claims can be checked in seconds on a CPU.
 
-Used by ``benchmarks/repro_darex.py``, its test, and meant for a ``darex demo`` command.
+Used by ``darex demo`` (darex_ext/apps/demo.py), ``benchmarks/repro_darex.py`` and their tests.
 
 Inputs are Gaussian vectors with a non-zero mean (so the mean input per channel that analytic q
 uses is informative). Task A labels a point by the argmax of a random teacher network; task B

@@ -1,6 +1,5 @@
-"""`darex prune` with the algorithms issue's functions: --q-mode analytic, --method dppa, and the
-recommendation column of `darex inspect`. Each has a test for the build with the function and
-one for a build without it (a clear one-line error)."""
+"""`darex prune` with the DAREx / DPPA algorithms: --q-mode analytic, --method dppa, and the
+recommendation column of `darex inspect`."""
 
 from __future__ import annotations
 
@@ -12,15 +11,9 @@ from safetensors.torch import save_file
 
 import darex_ext
 import darex_ext.algorithms as algorithms
-from darex_ext.apps import cli
 from darex_ext.pipeline import Checkpoint, PruneConfig, prune_model
 from darex_ext.pipeline.inspect import inspect_path
 from pipeline_models import llama_pair, load_all
-
-HAS_ANALYTIC = hasattr(algorithms, "analytic_q")
-HAS_DPPA = hasattr(algorithms, "dppa_densities")
-HAS_RECOMMEND = hasattr(algorithms, "recommend")
-
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
@@ -37,7 +30,6 @@ def _x_means(path, ft_dir, names):
     return {n: stats[n[: -len(".weight")] + ".x_mean"] for n in names}
 
 
-@pytest.mark.skipif(not HAS_ANALYTIC, reason="this build has no darex_ext.algorithms.analytic_q")
 def test_analytic_q_mode_uses_per_row_q(llama, tmp_path):
     base_dir, ft_dir = llama
     with_stats = ["model.layers.0.mlp.up_proj.weight", "model.layers.1.self_attn.q_proj.weight"]
@@ -55,7 +47,6 @@ def test_analytic_q_mode_uses_per_row_q(llama, tmp_path):
         assert torch.equal(got[name], want), name
 
 
-@pytest.mark.skipif(not HAS_DPPA, reason="this build has no darex_ext.algorithms.dppa_densities")
 def test_dppa_prunes_each_matrix_at_its_dynamic_density(llama, tmp_path):
     base_dir, ft_dir = llama
     cfg = PruneConfig(method="dppa", p=0.9, preset="decoder")
@@ -69,23 +60,6 @@ def test_dppa_prunes_each_matrix_at_its_dynamic_density(llama, tmp_path):
         assert torch.equal(got[name], want), name
 
 
-@pytest.mark.skipif(HAS_ANALYTIC and HAS_DPPA, reason="this build has the algorithms")
-def test_missing_algorithms_are_a_clear_one_line_failure(llama, tmp_path, capsys):
-    base_dir, ft_dir = llama
-    _x_means(str(tmp_path / "s.safetensors"), ft_dir, ["model.layers.0.mlp.up_proj.weight"])
-    argvs = []
-    if not HAS_ANALYTIC:
-        argvs.append((["--method", "darex-q", "--q-mode", "analytic", "--stats", str(tmp_path / "s.safetensors")],
-                      "analytic_q"))
-    if not HAS_DPPA:
-        argvs.append((["--method", "dppa"], "dppa_densities"))
-    for extra, needle in argvs:
-        assert cli.main(["prune", base_dir, ft_dir, "-o", str(tmp_path / "o"), "--quiet", *extra]) == 1
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and needle in err and "does not have" in err
-        assert not (tmp_path / "o").exists()
-
-
 def test_inspect_recommendation_column(llama):
     base_dir, ft_dir = llama
     buf = io.StringIO()
@@ -93,7 +67,4 @@ def test_inspect_recommendation_column(llama):
     rows = buf.getvalue().strip().splitlines()[3:]
     assert len(rows) == 4
     col = [r.split()[-1] if not r.rstrip().endswith("q)") else r.split()[-3] for r in rows]
-    if HAS_RECOMMEND:
-        assert all(c in ("dare", "darex-q", "magnitude", "wanda", "adamr") for c in col), rows
-    else:
-        assert col == ["-"] * 4
+    assert all(c in ("dare", "darex-q", "magnitude", "wanda", "adamr") for c in col), rows

@@ -158,8 +158,8 @@ def test_sizes_follow_formulas(shape, p, dtype):
 
 
 def test_bf16_sizes_per_parameter_at_p099():
-    # The numbers: seeded 0.02 B/param, bitmask ~0.145; CSR with uint16 columns (4096
-    # columns) is 0.04 + crow, below the 0.06+ which assumed 32-bit indices.
+    # The target sizes: seeded 0.02 B/param, bitmask ~0.145; CSR with uint16 columns (4096
+    # columns) is 0.04 + crow, below the 0.06+ that 32-bit indices would take.
     x = randn(4096, 4096, dtype=torch.bfloat16)
     n = x.numel()
     seeded = compress_dare(x, 0.99, seed=1)
