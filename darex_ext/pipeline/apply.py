@@ -8,6 +8,7 @@ it was, or the base tensor where the fine-tune did not change it.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -18,7 +19,9 @@ from .. import storage
 from ._malloc import fixed_mmap_threshold
 from .checkpoint import Checkpoint
 from .compat import CheckpointMismatch
-from .output import DELTA_FILE, DENSE_FILE, write_model
+from ..io.safetensors import read_header
+from ..storage.errors import FormatError
+from .output import DELTA_FILE, DENSE_FILE, DENSE_KEY, write_model
 from .workers import run_workers
 from .writer import Layout
 
@@ -26,7 +29,15 @@ __all__ = ["apply_delta", "delta_paths"]
 
 
 def delta_paths(path: str) -> tuple[str, str | None, str | None]:
-    """(delta.safetensors, dense.safetensors or None, directory for side files or None)."""
+    """(delta.safetensors, dense.safetensors or None, directory for side files or None).
+
+    A delta is a directory (`darex prune --format ...` output). Its delta.safetensors given as a
+    file means that directory. Any other file is accepted only when its metadata says that
+    nothing was stored beside it: a delta file without its dense.safetensors would silently give
+    the base's values for the tensors kept there.
+    """
+    if os.path.isfile(path) and os.path.basename(path) == DELTA_FILE:
+        path = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         delta = os.path.join(path, DELTA_FILE)
         if not os.path.isfile(delta):
@@ -34,8 +45,28 @@ def delta_paths(path: str) -> tuple[str, str | None, str | None]:
         dense = os.path.join(path, DENSE_FILE)
         return delta, (dense if os.path.isfile(dense) else None), path
     if os.path.isfile(path):
+        stored = _dense_names(path)
+        if stored is None or stored:
+            what = f"{len(stored)} tensors stored in its {DENSE_FILE}" if stored else "no record of its dense tensors"
+            raise ValueError(f"{path}: a delta file apart from its directory ({what}); pass the delta directory")
         return path, None, None
     raise FileNotFoundError(f"{path}: no such file or directory")
+
+
+def _dense_names(delta_file: str) -> list[str] | None:
+    """The tensors the delta file says are in dense.safetensors; None for files written before
+    darex recorded them."""
+    _infos, meta = read_header(delta_file)
+    text = meta.get(DENSE_KEY)
+    if text is None:
+        return None
+    try:
+        names = json.loads(text)
+    except json.JSONDecodeError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise FormatError(f"{delta_file}: malformed {DENSE_KEY} metadata")
+    return names
 
 
 def _side_files(directory: str | None) -> list[str]:
@@ -64,6 +95,14 @@ def _check(base: Checkpoint, layout: Layout, stored: set[str]) -> None:
 def _open(base: str, delta: str):
     delta_file, dense_file, side_dir = delta_paths(delta)
     deltas = storage.load(delta_file)
+    try:
+        return _check_delta(base, delta_file, dense_file, side_dir, deltas)
+    except BaseException:
+        deltas.close()
+        raise
+
+
+def _check_delta(base: str, delta_file: str, dense_file: str | None, side_dir: str | None, deltas):
     layout_json = (deltas.metadata or {}).get("darex.layout")
     if not layout_json:
         raise ValueError(f"{delta_file}: no darex.layout metadata (not written by darex prune)")
@@ -71,16 +110,25 @@ def _open(base: str, delta: str):
     dense = Checkpoint(dense_file) if dense_file else None
     b = Checkpoint(base)
     stored = set(dense.infos) if dense else set()
-    unknown = [n for n in list(deltas) + sorted(stored) if n not in layout.entries()]
+    recorded = _dense_names(delta_file)
+    if recorded is not None and set(recorded) != stored:
+        missing = sorted(set(recorded) - stored)
+        raise FormatError(f"{dense_file or os.path.join(os.path.dirname(delta_file), DENSE_FILE)}: "
+                          + (f"missing {len(missing)} tensors the delta file records (e.g. {missing[0]!r})"
+                             if missing else "holds tensors the delta file does not record"))
+    entries = layout.entries()
+    unknown = [n for n in list(deltas) + sorted(stored) if n not in entries]
     if unknown:
-        raise ValueError(f"{delta_file}: tensors not in its layout: {unknown[:5]}")
+        raise FormatError(f"{delta_file}: tensors not in its layout: {unknown[:5]}")
+    for name in sorted(stored):
+        info, e = dense.infos[name], entries[name]
+        if (info.dtype, info.shape) != (e.dtype, e.shape):
+            raise FormatError(f"{dense_file}: {name} is {info.dtype}{info.shape}, the layout says {e.dtype}{e.shape}")
     _check(b, layout, stored)
     for name in deltas:
-        e, info = layout.entries()[name], b.infos[name]
-        d = deltas[name]
+        e, d = entries[name], deltas[name]
         if tuple(d.shape) != e.shape or d.dtype != e.dtype:
-            raise CheckpointMismatch(f"{name}: delta is {d.dtype}{tuple(d.shape)}, layout says {e.dtype}{e.shape}")
-        del info
+            raise FormatError(f"{name}: delta is {d.dtype}{tuple(d.shape)}, layout says {e.dtype}{e.shape}")
     return b, deltas, dense, layout, side_dir
 
 

@@ -10,6 +10,7 @@ no partial output under the requested name.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -22,12 +23,13 @@ from ..io.atomic import atomic_dir
 from ..io.safetensors import pwrite_all, tensor_bytes
 from . import _fault
 from .workers import SoloGroup, assign
-from .writer import FileSlots, Layout, OutEntry, OutFile, create_file
+from .writer import FileSlots, Layout, OutEntry, OutFile, create_file, verify_files
 
-__all__ = ["write_model", "write_delta", "DELTA_FILE", "DENSE_FILE", "progress"]
+__all__ = ["write_model", "write_delta", "DELTA_FILE", "DENSE_FILE", "DENSE_KEY", "progress"]
 
 DELTA_FILE = "delta.safetensors"
 DENSE_FILE = "dense.safetensors"
+DENSE_KEY = "darex.dense"  # delta-file metadata: JSON list of the tensors in DENSE_FILE
 _COPY_CHUNK = 64 << 20
 
 
@@ -95,6 +97,8 @@ def write_model(group: SoloGroup, out: str, layout: Layout, compute: Callable[[s
                 slots.close(sync=group.world > 1)
 
         group.phase(work)
+        # Nothing is published unless every file reads back as planned.
+        group.phase(lambda: verify_files(tmp, layout) if group.rank == 0 else None)
     return {"tensors": len(names), "bytes": sum(e.nbytes for e in entries.values()), "workers": group.world}
 
 
@@ -169,11 +173,14 @@ def write_delta(group: SoloGroup, out: str, names: Sequence[str], sizes: Sequenc
             found = sorted(((r, rec, where) for r, recs in enumerate(all_deltas) for rec, where in recs),
                            key=lambda item: order[item[1].name])
             source = {key: (r, pos, n) for r, _rec, where in found for key, (pos, n) in where.items()}
-            with _PartReader(tmp) as parts:
-                write_file(os.path.join(tmp, DELTA_FILE), [rec for _r, rec, _w in found], metadata,
-                           lambda key: parts.chunks(*source[key]))
             records = sorted(((r, rec) for r, recs in enumerate(all_dense) for rec in recs),
                              key=lambda item: order[item[1][0]])
+            # The delta file names the tensors kept in dense.safetensors, so `apply` can refuse a
+            # delta file separated from them instead of silently using the base's values.
+            meta = dict(metadata, **{DENSE_KEY: json.dumps([rec[0] for _r, rec in records])})
+            with _PartReader(tmp) as parts:
+                write_file(os.path.join(tmp, DELTA_FILE), [rec for _r, rec, _w in found], meta,
+                           lambda key: parts.chunks(*source[key]))
             if records:
                 _gather_dense(tmp, records)
             for r in range(group.world):

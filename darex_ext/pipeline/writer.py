@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..io.safetensors import DTYPE_CODES, dtype_code, encode_header, nbytes, pwrite_all, tensor_bytes
+from ..io.safetensors import DTYPE_CODES, dtype_code, encode_header, nbytes, pwrite_all, read_header, tensor_bytes
+from ..storage.errors import FormatError
 from .checkpoint import Checkpoint
 
-__all__ = ["OutEntry", "OutFile", "Layout", "layout_of", "create_file", "FileSlots", "dtype_code",
+__all__ = ["OutEntry", "OutFile", "Layout", "layout_of", "create_file", "FileSlots", "verify_files", "dtype_code",
            "tensor_bytes"]
 
 @dataclass(frozen=True)
@@ -59,18 +60,46 @@ class Layout:
 
     @classmethod
     def from_json(cls, text: str) -> "Layout":
+        """The layout recorded in a delta file, checked whole before anything is written: every
+        file name a plain `*.safetensors` name listed once, every tensor in exactly one file with
+        a known dtype and a non-negative shape, file metadata str -> str."""
         try:
             raw = json.loads(text)
             files = [OutFile(f["file"], [OutEntry(n, DTYPE_CODES[c], tuple(int(s) for s in shape))
                                          for n, c, shape in f["tensors"]], dict(f["metadata"]))
                      for f in raw["files"]]
-            layout = cls(files, bool(raw["indexed"]))
+            layout = cls(files, raw["indexed"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise ValueError("malformed layout metadata in the delta file") from None
-        for f in layout.files:
-            if os.path.basename(f.file) != f.file or not f.file.endswith(".safetensors"):
-                raise ValueError(f"malformed layout metadata: bad file name {f.file!r}")
+            raise FormatError("malformed layout metadata in the delta file") from None
+        layout.check()
         return layout
+
+    def check(self) -> None:
+        """FormatError naming the first problem of a layout that would write a corrupt model."""
+        if not isinstance(self.indexed, bool):
+            raise FormatError(f"malformed layout metadata: indexed must be true or false, got {self.indexed!r}")
+        if not self.files or (len(self.files) > 1 and not self.indexed):
+            raise FormatError(f"malformed layout metadata: {len(self.files)} files without an index")
+        seen_files: set[str] = set()
+        seen_names: dict[str, str] = {}
+        for f in self.files:
+            if not isinstance(f.file, str) or os.path.basename(f.file) != f.file or \
+                    not f.file.endswith(".safetensors") or f.file.startswith("."):
+                raise FormatError(f"malformed layout metadata: bad file name {f.file!r}")
+            if f.file in seen_files:
+                raise FormatError(f"malformed layout metadata: file {f.file!r} is listed twice")
+            seen_files.add(f.file)
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in f.metadata.items()):
+                raise FormatError(f"malformed layout metadata: {f.file} metadata must map str to str")
+            for e in f.entries:
+                if not isinstance(e.name, str) or not e.name or e.name == "__metadata__":
+                    raise FormatError(f"malformed layout metadata: bad tensor name {e.name!r} in {f.file}")
+                if e.name in seen_names:
+                    raise FormatError(f"malformed layout metadata: tensor {e.name!r} is listed twice "
+                                      f"({seen_names[e.name]} and {f.file})")
+                seen_names[e.name] = f.file
+                if any(d < 0 for d in e.shape):
+                    raise FormatError(f"malformed layout metadata: {e.name} has shape {e.shape}")
 
     def index_json(self) -> str:
         total = sum(e.nbytes for f in self.files for e in f.entries)
@@ -136,3 +165,26 @@ class FileSlots:
             finally:
                 os.close(fd)
         self._fds.clear()
+
+
+def verify_files(directory: str, layout: Layout) -> None:
+    """Read back every file of `layout` written in `directory` before it is published: the
+    header parses, holds exactly the planned tensors with their dtypes, shapes and offsets, and
+    the file is as long as the header says. Any difference is an internal error, never a model."""
+    for f in layout.files:
+        path = os.path.join(directory, f.file)
+        head, offsets = _header(f)
+        try:
+            infos, _meta = read_header(path)
+        except ValueError as exc:
+            raise RuntimeError(f"internal error: {f.file} was written unreadable ({exc})") from None
+        planned = {e.name: e for e in f.entries}
+        if set(infos) != set(planned) or len(infos) != len(f.entries):
+            raise RuntimeError(f"internal error: {f.file} holds other tensors than planned")
+        for name, info in infos.items():
+            e = planned[name]
+            if (info.dtype, info.shape, (info.begin, info.end)) != (e.dtype, e.shape, offsets[name]):
+                raise RuntimeError(f"internal error: {f.file}: {name} was written as {info.dtype}{info.shape}")
+        if os.path.getsize(path) != len(head) + sum(b - a for a, b in offsets.values()):
+            raise RuntimeError(f"internal error: {f.file} has {os.path.getsize(path)} bytes, planned "
+                               f"{len(head) + sum(b - a for a, b in offsets.values())}")
