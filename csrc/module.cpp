@@ -3,7 +3,7 @@
 #include <torch/extension.h>
 
 #include "cpu/philox_fill.h"
-#include "ops/launch_info.h"
+#include "cuda/launch_info.h"
 
 #ifndef DAREX_VERSION
 #define DAREX_VERSION "0.0.0"

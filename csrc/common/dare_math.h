@@ -3,7 +3,9 @@
 // explicit __f*_rn intrinsics keep nvcc from contracting a*b+c into an FMA.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "macros.h"
 
@@ -20,7 +22,11 @@ DAREX_HD_INLINE uint32_t drop_threshold(double p) {
 
 DAREX_HD_INLINE bool is_kept(uint32_t u, uint32_t threshold) { return u >= threshold; }
 
-// Arithmetic in the accumulation type (float for fp32/fp16/bf16, double for fp64).
+// The accumulation type of a storage dtype: float for fp32/fp16/bf16, double for fp64.
+template <typename scalar_t>
+using acc_of = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// Arithmetic in the accumulation type.
 DAREX_HD_INLINE float acc_mul(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fmul_rn(a, b);
@@ -64,6 +70,21 @@ DAREX_HD_INLINE double acc_sub(double a, double b) {
 #endif
 }
 
+DAREX_HD_INLINE float acc_abs(float a) {
+#if defined(__CUDA_ARCH__)
+  return fabsf(a);
+#else
+  return std::fabs(a);
+#endif
+}
+DAREX_HD_INLINE double acc_abs(double a) {
+#if defined(__CUDA_ARCH__)
+  return fabs(a);
+#else
+  return std::fabs(a);
+#endif
+}
+
 // 1/q in the accumulation type: q is first rounded to acc_t, then one correctly rounded
 // division. The Python reference computes exactly this.
 template <typename acc_t>
@@ -87,6 +108,14 @@ DAREX_HD_INLINE acc_t prune_value(acc_t x, acc_t inv_q, bool kept) {
 template <typename acc_t>
 DAREX_HD_INLINE acc_t dare_value(acc_t finetuned, acc_t base, acc_t inv_q, bool kept) {
   return kept ? acc_add(base, acc_mul(acc_sub(finetuned, base), inv_q)) : base;
+}
+
+// dst + alpha * v in the accumulation type, one rounding to the dtype: the accumulate=True step
+// of every storage scatter (alpha is already in the accumulation type).
+template <typename scalar_t>
+DAREX_HD_INLINE scalar_t add_scaled(scalar_t dst, scalar_t v, acc_of<scalar_t> alpha) {
+  using acc_t = acc_of<scalar_t>;
+  return static_cast<scalar_t>(acc_add(static_cast<acc_t>(dst), acc_mul(alpha, static_cast<acc_t>(v))));
 }
 
 }  // namespace darex

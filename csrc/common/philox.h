@@ -1,6 +1,6 @@
 // Philox4x32-10 (Salmon et al. 2011, Random123) and the darex mask spec's word lookup.
 // The mask of element i is a pure function of (seed, i): key = (seed lo, seed hi),
-// counter = (b lo, b hi, 0, 0) with b = i / 4, word = i % 4. See shared/DESIGN.md.
+// counter = (b lo, b hi, 0, 0) with b = i / 4, word = i % 4. See docs/mask_spec.md.
 #pragma once
 
 #include <cstdint>

@@ -66,6 +66,22 @@ DAREX_HD_INLINE uint32_t radix_digit(U key, int pass) {
                     : static_cast<uint32_t>((key << (-shift)) & (kRadixBins - 1));
 }
 
+// The key bits digit `d` of pass `pass` contributes to the prefix (inverse of radix_digit).
+template <typename U>
+DAREX_HD_INLINE U radix_digit_bits(uint32_t d, int pass) {
+  const int shift = RadixTraits<U>::kBits - kRadixBits * (pass + 1);
+  return shift >= 0 ? static_cast<U>(static_cast<U>(d) << shift)
+                    : static_cast<U>(static_cast<U>(d) >> (-shift));
+}
+
+// The score bits of a key (inverse of radix_key; -0.0 comes back as +0.0).
+template <typename U>
+DAREX_HD_INLINE U radix_key_bits(U key, bool largest) {
+  if (!largest) key = static_cast<U>(~key);
+  return (key & RadixTraits<U>::kSign) ? static_cast<U>(key & static_cast<U>(~RadixTraits<U>::kSign))
+                                       : static_cast<U>(~key);
+}
+
 // Mask of the key bits already fixed after `passes` passes (the prefix).
 template <typename U>
 DAREX_HD_INLINE U radix_prefix_mask(int passes) {

@@ -96,7 +96,7 @@ void csr_scatter_cpu(at::Tensor& out, const at::Tensor& crow, const at::Tensor& 
     at::Tensor work = out.is_contiguous() ? out : out.contiguous();
     if (!accumulate) work.zero_();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_csr_scatter_cpu", [&] {
-      using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+      using acc_t = acc_of<scalar_t>;
       const scalar_t* src = vals.const_data_ptr<scalar_t>();
       scalar_t* dst = work.data_ptr<scalar_t>();
       const acc_t a = static_cast<acc_t>(alpha);
@@ -105,9 +105,7 @@ void csr_scatter_cpu(at::Tensor& out, const at::Tensor& crow, const at::Tensor& 
           scalar_t* row = dst + r * v.cols;
           for (int64_t k = cr[r]; k < cr[r + 1]; ++k) {
             const int64_t c = static_cast<int64_t>(ci[k]);
-            row[c] = accumulate ? static_cast<scalar_t>(acc_add(static_cast<acc_t>(row[c]),
-                                                                acc_mul(a, static_cast<acc_t>(src[k]))))
-                                : src[k];
+            row[c] = accumulate ? add_scaled(row[c], src[k], a) : src[k];
           }
         }
       });

@@ -1,10 +1,7 @@
 // Philox words come from philox_fill into an L1-resident buffer; the compare turns 64 words
 // into one mask word (AVX-512: four unsigned compares into k-masks; AVX2: sign-flipped signed
 // compares and movemask), so later passes touch n / 8 bytes instead of regenerating words.
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+#include "isa.h"  // first: its GCC 12 workaround must precede the intrinsic headers
 
 #include "keep_bits.h"
 
@@ -13,8 +10,7 @@
 #include "../common/dare_math.h"
 #include "philox_fill.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define DAREX_KEEP_BITS_X86 1
+#if DAREX_X86_INTRINSICS
 #include <immintrin.h>
 #endif
 
@@ -44,7 +40,7 @@ int64_t keep_bits_scalar(uint64_t seed, uint64_t first, int64_t n, uint32_t thr,
   return kept;
 }
 
-#if DAREX_KEEP_BITS_X86
+#if DAREX_X86_INTRINSICS
 
 __attribute__((target("avx2,popcnt"))) int64_t keep_bits_avx2(uint64_t seed, uint64_t first,
                                                                 int64_t n, uint32_t thr,
@@ -111,7 +107,7 @@ __attribute__((target("avx512f,popcnt"))) int64_t keep_bits_avx512(uint64_t seed
 }  // namespace
 
 int64_t keep_bits(uint64_t seed, uint64_t first_index, int64_t n, uint32_t thr, uint64_t* bits) {
-#if DAREX_KEEP_BITS_X86
+#if DAREX_X86_INTRINSICS
   switch (active_isa()) {
     case Isa::kAvx512: return keep_bits_avx512(seed, first_index, n, thr, bits);
     case Isa::kAvx2: return keep_bits_avx2(seed, first_index, n, thr, bits);

@@ -1,24 +1,16 @@
 // Philox words in bulk. The vector paths run Philox blocks in SIMD lanes (struct of arrays:
 // 8 blocks per AVX2 register in 32-bit lanes, 8 per AVX-512 register in 64-bit lanes), then
 // transpose so words land in element order. The ISA is picked once at load time from the
-// running CPU; DAREX_CPU_ISA=avx2|scalar forces a narrower path.
-// GCC 12's AVX-512 intrinsic headers trip -Wuninitialized on their own `__Y` temporaries
-// (GCC bug 105593, fixed in 12.3); the warning is about the header, not this code.
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+// running CPU (isa.h).
+#include "isa.h"  // first: its GCC 12 workaround must precede the intrinsic headers
 
 #include "philox_fill.h"
 
-#include <cstdlib>
 #include <cstring>
-#include <string>
 
 #include "../common/philox.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define DAREX_HAVE_AVX2_PATH 1
+#if DAREX_X86_INTRINSICS
 #include <immintrin.h>
 #endif
 
@@ -33,7 +25,7 @@ void philox_fill_scalar(uint64_t seed, uint64_t first_index, int64_t n, uint32_t
   }
 }
 
-#if DAREX_HAVE_AVX2_PATH
+#if DAREX_X86_INTRINSICS
 
 namespace {
 
@@ -174,50 +166,24 @@ __attribute__((target("avx512f"))) void philox_fill_avx512(uint64_t seed, uint64
   philox_fill_vec<8 * kChains, philox_wide>(seed, first_index, n, u);
 }
 
-Isa detect_isa() {
-  __builtin_cpu_init();
-  const char* env = std::getenv("DAREX_CPU_ISA");  // force a narrower path (tests, benchmarks)
-  const std::string want = env ? env : "";
-  if (want == "scalar") return Isa::kScalar;
-  if (want != "avx2" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl"))
-    return Isa::kAvx512;
-  if (__builtin_cpu_supports("avx2")) return Isa::kAvx2;
-  return Isa::kScalar;
-}
-
-const Isa kIsa = detect_isa();
-
 }  // namespace
 
 void philox_fill(uint64_t seed, uint64_t first_index, int64_t n, uint32_t* u) {
-  switch (kIsa) {
+  switch (active_isa()) {
     case Isa::kAvx512: return philox_fill_avx512(seed, first_index, n, u);
     case Isa::kAvx2: return philox_fill_avx2(seed, first_index, n, u);
     default: return philox_fill_scalar(seed, first_index, n, u);
   }
 }
 
-Isa active_isa() { return kIsa; }
-
-const char* philox_fill_isa() {
-  switch (kIsa) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    default: return "scalar";
-  }
-}
-
-#else  // no AVX2 path on this platform
+#else  // no vector path on this platform
 
 void philox_fill(uint64_t seed, uint64_t first_index, int64_t n, uint32_t* u) {
   philox_fill_scalar(seed, first_index, n, u);
 }
 
-Isa active_isa() { return Isa::kScalar; }
-
-const char* philox_fill_isa() { return "scalar"; }
-
 #endif
+
+const char* philox_fill_isa() { return isa_name(active_isa()); }
 
 }  // namespace darex::cpu

@@ -12,12 +12,8 @@ void philox_fill(uint64_t seed, uint64_t first_index, int64_t n, uint32_t* u);
 // The scalar path alone, for tests and for CPUs without AVX2.
 void philox_fill_scalar(uint64_t seed, uint64_t first_index, int64_t n, uint32_t* u);
 
-// Instruction set of the CPU paths, chosen once at load time from the running CPU.
-// DAREX_CPU_ISA=avx2|scalar in the environment forces a narrower one.
-enum class Isa { kScalar, kAvx2, kAvx512 };
-Isa active_isa();
-
-// Name of the implementation philox_fill uses on this CPU ("avx512", "avx2" or "scalar").
+// Name of the implementation philox_fill uses on this CPU ("avx512", "avx2" or "scalar"; see
+// isa.h).
 const char* philox_fill_isa();
 
 }  // namespace darex::cpu

@@ -1,12 +1,7 @@
 // CPU kernels of the seeded DARE ops: words come from philox_fill (vectorized) into a small
 // L1-resident buffer, then one tight loop per op applies the mask. Work is split over threads
 // by element range; every word depends only on (seed, index), so the split never shows.
-// GCC 12's AVX-512 intrinsic headers trip -Wuninitialized on their own `__Y` temporaries
-// (GCC bug 105593, fixed in 12.3); the warning is about the header, not this code.
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+#include "isa.h"  // first: its GCC 12 workaround must precede the intrinsic headers
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -22,39 +17,11 @@
 #include "../ops/prune_args.h"
 #include "philox_fill.h"
 
-namespace darex::cpu {
-
 // The element loops, compiled once per instruction set (see prune_spans.inc).
-namespace spans_base {
-#include "prune_spans.inc"
-}  // namespace spans_base
+#define DAREX_ISA_SPANS "prune_spans.inc"
+#include "isa.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define DAREX_X86_SPANS 1
-namespace spans_avx2 {
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#include "prune_spans.inc"
-#pragma GCC pop_options
-}  // namespace spans_avx2
-namespace spans_avx512 {
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
-#include "prune_spans.inc"
-#pragma GCC pop_options
-}  // namespace spans_avx512
-#define DAREX_SPAN(FN, ...)                                                 \
-  do {                                                                      \
-    switch (active_isa()) {                                                 \
-      case Isa::kAvx512: spans_avx512::FN(__VA_ARGS__); break;              \
-      case Isa::kAvx2: spans_avx2::FN(__VA_ARGS__); break;                  \
-      default: spans_base::FN(__VA_ARGS__);                                 \
-    }                                                                       \
-  } while (0)
-#else
-#define DAREX_SPAN(FN, ...) spans_base::FN(__VA_ARGS__)
-#endif
-
+namespace darex::cpu {
 namespace {
 
 constexpr int64_t kWords = 2048;       // words per buffer fill (8 KiB, stays in L1)
@@ -107,7 +74,7 @@ void prune_cpu(at::Tensor& delta, double p, int64_t seed, int64_t offset,
   at::Tensor work = delta.is_contiguous() ? delta : delta.contiguous();
   const uint32_t thr = drop_threshold(p);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_prune_cpu", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using acc_t = acc_of<scalar_t>;
     scalar_t* x = work.data_ptr<scalar_t>();
     const acc_t* qr = q_rows ? q_rows->data_ptr<acc_t>() : nullptr;
     const acc_t inv = inverse_q<acc_t>(static_cast<acc_t>(q));
@@ -115,7 +82,7 @@ void prune_cpu(at::Tensor& delta, double p, int64_t seed, int64_t offset,
                         [&](int64_t s, int64_t count, const uint32_t* u) {
                           with_inverse_q<acc_t>(s, count, row_len, qr, inv,
                                                 [&](int64_t j, int64_t len, acc_t iv) {
-                                                  DAREX_SPAN(prune_span, x + s + j, u + j, len, thr, iv);
+                                                  DAREX_ISA_CALL(prune_span, x + s + j, u + j, len, thr, iv);
                                                 });
                         });
   });
@@ -134,7 +101,7 @@ void dare_out_cpu(const at::Tensor& finetuned, const at::Tensor& base, double p,
   at::Tensor dst = out.is_contiguous() ? out : at::empty(out.sizes(), out.options());
   const uint32_t thr = drop_threshold(p);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ft.scalar_type(), "darex_dare_cpu", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using acc_t = acc_of<scalar_t>;
     const scalar_t* f = ft.data_ptr<scalar_t>();
     const scalar_t* b = bs.data_ptr<scalar_t>();
     scalar_t* o = dst.data_ptr<scalar_t>();
@@ -144,7 +111,7 @@ void dare_out_cpu(const at::Tensor& finetuned, const at::Tensor& base, double p,
                         [&](int64_t s, int64_t count, const uint32_t* u) {
                           with_inverse_q<acc_t>(s, count, row_len, qr, inv,
                                                 [&](int64_t j, int64_t len, acc_t iv) {
-                                                  DAREX_SPAN(dare_span, f + s + j, b + s + j, o + s + j,
+                                                  DAREX_ISA_CALL(dare_span, f + s + j, b + s + j, o + s + j,
                                                              u + j, len, thr, iv);
                                                 });
                         });
@@ -162,7 +129,7 @@ at::Tensor keep_mask_cpu(const at::Tensor& like, double p, int64_t seed, int64_t
   bool* m = mask.data_ptr<bool>();
   for_each_word_chunk(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
                       [&](int64_t s, int64_t count, const uint32_t* u) {
-                        DAREX_SPAN(mask_span, m + s, u, count, thr);
+                        DAREX_ISA_CALL(mask_span, m + s, u, count, thr);
                       });
   return mask;
 }

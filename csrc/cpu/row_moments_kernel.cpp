@@ -17,44 +17,15 @@
 #include <tuple>
 
 #include "../ops/row_moments_args.h"
-#include "philox_fill.h"
+
+// The element loops, compiled once per instruction set (see row_moments_spans.inc).
+#define DAREX_ISA_SPANS "row_moments_spans.inc"
+#include "isa.h"
 
 namespace darex::cpu {
-
-namespace moments_base {
-#include "row_moments_spans.inc"
-}  // namespace moments_base
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-namespace moments_avx2 {
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#include "row_moments_spans.inc"
-#pragma GCC pop_options
-}  // namespace moments_avx2
-namespace moments_avx512 {
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
-#include "row_moments_spans.inc"
-#pragma GCC pop_options
-}  // namespace moments_avx512
-#endif
-
 namespace {
 
 constexpr int64_t kGrain = 1 << 15;  // elements per parallel task, at least
-
-template <typename scalar_t>
-void moments_of_row(const scalar_t* d, const double* x, int64_t n, double* s, double* q) {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  switch (active_isa()) {
-    case Isa::kAvx512: return moments_avx512::row_moments_span(d, x, n, s, q);
-    case Isa::kAvx2: return moments_avx2::row_moments_span(d, x, n, s, q);
-    default: break;
-  }
-#endif
-  moments_base::row_moments_span(d, x, n, s, q);
-}
 
 std::tuple<at::Tensor, at::Tensor> row_moments_cpu(const at::Tensor& delta, const at::Tensor& x,
                                                    const std::optional<at::Tensor>& bias) {
@@ -75,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor> row_moments_cpu(const at::Tensor& delta, cons
     const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(cols, 1));
     at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        moments_of_row(dp + r * cols, xp, cols, sp + r, qp + r);
+        DAREX_ISA_CALL(row_moments_span, dp + r * cols, xp, cols, sp + r, qp + r);
         if (bp) {  // the bias delta is one more column whose input is 1
           sp[r] += bp[r];
           qp[r] += bp[r] * bp[r];

@@ -1,13 +1,9 @@
-
 // Decode / add loops over packed masks. The AVX-512 path handles a 64-bit mask word as four
 // 16-lane groups (eight for fp64): expand the group's values into the flagged lanes, masked
 // load / add / masked store of the destination. Every lane op is one IEEE op (the multiply and
-// the add are separate instructions, as the scalar code's acc_mul / acc_add), and bf16 rounding
+// the add are separate instructions, as in add_scaled), and bf16 rounding
 // is c10's round-to-nearest-even done in integer lanes, so both paths agree bit for bit.
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+#include "isa.h"  // first: its GCC 12 workaround must precede the intrinsic headers
 
 #include "scatter_bits.h"
 
@@ -19,10 +15,8 @@
 
 #include "../common/bitpack.h"
 #include "../common/dare_math.h"
-#include "philox_fill.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define DAREX_SCATTER_AVX512 1
+#if DAREX_X86_INTRINSICS
 #include <immintrin.h>
 #endif
 
@@ -63,12 +57,10 @@ inline void prefetch_word(const T* dst, uint64_t m) {
 // Adds the flagged elements of one 64-element word: d[j] += alpha * next value, rounded once.
 template <typename scalar_t>
 inline int64_t add_word_scalar(uint64_t m, const scalar_t* src, scalar_t* d, double alpha) {
-  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  using acc_t = acc_of<scalar_t>;
   const acc_t a = static_cast<acc_t>(alpha);
   int64_t k = 0;
-  for_each_set_bit(m, [&](int j) {
-    d[j] = static_cast<scalar_t>(acc_add(static_cast<acc_t>(d[j]), acc_mul(a, static_cast<acc_t>(src[k++]))));
-  });
+  for_each_set_bit(m, [&](int j) { d[j] = add_scaled(d[j], src[k++], a); });
   return k;
 }
 
@@ -94,7 +86,7 @@ int64_t scatter_scalar(const uint8_t* bits, int64_t nbits, const scalar_t* src, 
   return k;
 }
 
-#if DAREX_SCATTER_AVX512
+#if DAREX_X86_INTRINSICS
 
 #define DAREX_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,popcnt")))
 
@@ -247,14 +239,14 @@ DAREX_AVX512 int64_t scatter_f64(const uint8_t* bits, int64_t nbits, const doubl
 
 #undef DAREX_FOR_EACH_GROUP
 
-#endif  // DAREX_SCATTER_AVX512
+#endif  // DAREX_X86_INTRINSICS
 
 }  // namespace
 
 template <typename scalar_t>
 int64_t scatter_bits(const uint8_t* bits, int64_t nbits, const scalar_t* src, scalar_t* dst,
                      double alpha, bool accumulate) {
-#if DAREX_SCATTER_AVX512
+#if DAREX_X86_INTRINSICS
   if (active_isa() == Isa::kAvx512) {
     if constexpr (std::is_same_v<scalar_t, float>) return scatter_f32(bits, nbits, src, dst, alpha, accumulate);
     if constexpr (std::is_same_v<scalar_t, double>) return scatter_f64(bits, nbits, src, dst, alpha, accumulate);

@@ -28,7 +28,7 @@ at::Tensor seeded_pack_cpu(const at::Tensor& delta, double p, int64_t seed, int6
                                   drop_threshold(p));
   at::Tensor values = at::empty({plan.total()}, delta.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_seeded_pack_cpu", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using acc_t = acc_of<scalar_t>;
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     scalar_t* dst = values.data_ptr<scalar_t>();
     const acc_t* qr = q_rows ? q_rows->const_data_ptr<acc_t>() : nullptr;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../common/bitpack.h"
+#include "../common/dare_math.h"
 #include "keep_bits.h"
 
 namespace darex::cpu {
@@ -89,7 +90,7 @@ inline void for_each_kept_in_chunk(const KeepPlan& plan, int64_t c, const T* dst
 // x != 0 in the accumulation type (a tiny float64 is not zero; -0.0 and +0.0 are both zero).
 template <typename scalar_t>
 inline bool is_nonzero(scalar_t x) {
-  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  using acc_t = acc_of<scalar_t>;
   return static_cast<acc_t>(x) != acc_t(0);
 }
 

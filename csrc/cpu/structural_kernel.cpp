@@ -1,11 +1,7 @@
 // CPU kernel of structural DARE: the slice flags come from the keep_mask op, then one pass over
 // delta: a vectorizable select when the slices are the last dim, else runs of `inner`
 // contiguous elements, each scaled or zeroed as a whole.
-// GCC 12's AVX-512 intrinsic headers trip -Wuninitialized (GCC bug 105593), see prune_kernel.cpp.
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+#include "isa.h"  // first: its GCC 12 workaround must precede the intrinsic headers
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -20,7 +16,6 @@
 
 #include "../common/dare_math.h"
 #include "../ops/structural_args.h"
-#include "philox_fill.h"
 
 namespace darex::cpu {
 
@@ -35,37 +30,13 @@ inline acc_t keep_or_zero(acc_t v, uint8_t keep) {
   return v;
 }
 
-// The element loops, compiled once per instruction set and picked at run time, as in
-// prune_kernel.cpp.
-namespace structural_base {
-#include "structural_spans.inc"
-}  // namespace structural_base
+}  // namespace darex::cpu
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-namespace structural_avx2 {
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#include "structural_spans.inc"
-#pragma GCC pop_options
-}  // namespace structural_avx2
-namespace structural_avx512 {
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
-#include "structural_spans.inc"
-#pragma GCC pop_options
-}  // namespace structural_avx512
-#define DAREX_STRUCTURAL_SPAN(FN, ...)                                  \
-  do {                                                                  \
-    switch (active_isa()) {                                             \
-      case Isa::kAvx512: structural_avx512::FN(__VA_ARGS__); break;     \
-      case Isa::kAvx2: structural_avx2::FN(__VA_ARGS__); break;         \
-      default: structural_base::FN(__VA_ARGS__);                        \
-    }                                                                   \
-  } while (0)
-#else
-#define DAREX_STRUCTURAL_SPAN(FN, ...) structural_base::FN(__VA_ARGS__)
-#endif
+// The element loops, compiled once per instruction set (see structural_spans.inc).
+#define DAREX_ISA_SPANS "structural_spans.inc"
+#include "isa.h"
 
+namespace darex::cpu {
 namespace {
 
 constexpr int64_t kGrain = 1 << 16;  // elements per parallel task, at least
@@ -78,7 +49,7 @@ void run_spans(scalar_t* x, const bool* keep, int64_t begin, int64_t end, const 
   for (int64_t r = begin; r < end; ++r) {
     scalar_t* run = x + r * s.inner;
     if (keep[j]) {
-      DAREX_STRUCTURAL_SPAN(scale_span, run, s.inner, inv);
+      DAREX_ISA_CALL(scale_span, run, s.inner, inv);
     } else {
       std::fill(run, run + s.inner, static_cast<scalar_t>(acc_t(0)));
     }
@@ -97,7 +68,7 @@ void structural_prune_cpu(at::Tensor& delta, double p, int64_t dim, int64_t seed
   const uint8_t* keep_bytes = reinterpret_cast<const uint8_t*>(keep);  // bool is one byte, 0 or 1
   at::Tensor work = delta.is_contiguous() ? delta : delta.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_structural_cpu", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using acc_t = acc_of<scalar_t>;
     scalar_t* x = work.data_ptr<scalar_t>();
     const acc_t inv = inverse_q<acc_t>(static_cast<acc_t>(q));
     if (s.inner == 1) {
@@ -105,7 +76,7 @@ void structural_prune_cpu(at::Tensor& delta, double p, int64_t dim, int64_t seed
         for (int64_t i = begin; i < end;) {
           const int64_t j = i % s.slices;
           const int64_t len = std::min(end - i, s.slices - j);
-          DAREX_STRUCTURAL_SPAN(select_span, x + i, keep_bytes + j, len, inv);
+          DAREX_ISA_CALL(select_span, x + i, keep_bytes + j, len, inv);
           i += len;
         }
       });

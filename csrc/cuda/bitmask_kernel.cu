@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(kThreads) bitmask_scatter_kernel(scalar_t* out
     for (int j = 0; j < cnt; ++j) {
       const bool kept = (m >> j) & 1u;
       if (accumulate) {
-        if (kept) add_scaled(dst + j, values[k++], alpha);
+        if (kept) dst[j] = add_scaled(dst[j], values[k++], alpha);
       } else {
         dst[j] = kept ? values[k++] : static_cast<scalar_t>(0);
       }

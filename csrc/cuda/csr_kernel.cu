@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(kThreads) csr_scatter_kernel(scalar_t* out, co
   DAREX_GRID_STRIDE(k, nnz) {
     const int64_t r = row_of(crow, rows, k);
     scalar_t* dst = out + r * cols + static_cast<int64_t>(col[k]);
-    if (accumulate) add_scaled(dst, values[k], alpha);
+    if (accumulate) *dst = add_scaled(*dst, values[k], alpha);
     else *dst = values[k];
   }
 }

@@ -4,7 +4,7 @@
 #include <vector>
 
 #include "launch.cuh"
-#include "../ops/launch_info.h"
+#include "launch_info.h"
 
 namespace darex::cuda {
 

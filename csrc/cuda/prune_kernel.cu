@@ -140,7 +140,7 @@ void prune_cuda(at::Tensor& delta, double p, int64_t seed, int64_t offset,
   const c10::cuda::CUDAGuard guard(delta.device());
   at::Tensor work = delta.is_contiguous() ? delta : delta.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_prune_cuda", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using acc_t = acc_of<scalar_t>;
     scalar_t* x = work.data_ptr<scalar_t>();
     const PruneOp<scalar_t, acc_t> op{x, n, drop_threshold(p),
                                       vec4_aligned<scalar_t>(x, static_cast<uint64_t>(offset)),
@@ -162,7 +162,7 @@ void dare_out_cuda(const at::Tensor& finetuned, const at::Tensor& base, double p
   const at::Tensor bs = base.contiguous();
   at::Tensor dst = out.is_contiguous() ? out : at::empty(out.sizes(), out.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ft.scalar_type(), "darex_dare_cuda", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using acc_t = acc_of<scalar_t>;
     const scalar_t* f = ft.data_ptr<scalar_t>();
     const scalar_t* b = bs.data_ptr<scalar_t>();
     scalar_t* o = dst.data_ptr<scalar_t>();

@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(kThreads) seeded_scatter_kernel(scalar_t* out,
     for (int j = 0; j < count; ++j) {
       const bool kept = (m >> j) & 1u;
       if (accumulate) {
-        if (kept) add_scaled(out + first + j, values[k++], alpha);
+        if (kept) out[first + j] = add_scaled(out[first + j], values[k++], alpha);
       } else {
         out[first + j] = kept ? values[k++] : static_cast<scalar_t>(0);
       }

@@ -13,7 +13,6 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <cstdint>
-#include <type_traits>
 #include <utility>
 
 #include "../common/bitpack.h"
@@ -57,16 +56,6 @@ inline std::pair<at::Tensor, int64_t> exclusive_starts(const at::Tensor& counts)
   const at::Tensor inclusive = at::cumsum(counts, 0);
   const int64_t total = inclusive.select(0, -1).item<int64_t>();
   return {at::sub(inclusive, counts), total};
-}
-
-template <typename scalar_t>
-using acc_of = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-// dst = round(dst + alpha * v) in the accumulation type (one rounding to the dtype).
-template <typename scalar_t>
-__device__ __forceinline__ void add_scaled(scalar_t* dst, scalar_t v, acc_of<scalar_t> alpha) {
-  using acc_t = acc_of<scalar_t>;
-  *dst = static_cast<scalar_t>(acc_add(static_cast<acc_t>(*dst), acc_mul(alpha, static_cast<acc_t>(v))));
 }
 
 }  // namespace darex::cuda

@@ -9,8 +9,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <type_traits>
-
 #include "../common/dare_math.h"
 #include "../ops/structural_args.h"
 #include "launch.cuh"
@@ -78,7 +76,7 @@ void structural_prune_cuda(at::Tensor& delta, double p, int64_t dim, int64_t see
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
   const int grid = grid_for(static_cast<uint64_t>((n + 3) / 4), device);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_structural_cuda", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using acc_t = acc_of<scalar_t>;
     scalar_t* x = work.data_ptr<scalar_t>();
     structural_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
         x, n, s.inner, s.slices, flags.data_ptr<bool>(), inverse_q<acc_t>(static_cast<acc_t>(q)),

@@ -1,5 +1,6 @@
-// Schemas of the seeded DARE ops. Kernels: cpu/prune_kernel.cpp, cuda/prune_kernel.cu;
-// fakes: darex_ext/_fake.py; typed wrappers with argument checks: darex_ext/ops.py.
+// Schemas of the seeded DARE ops. Kernels: cpu/prune_kernel.cpp, cuda/prune_kernel.cu; typed
+// wrappers with argument checks, and fakes: darex_ext/ops/prune.py; reference:
+// darex_ext/reference/prune.py. The mask is the one of docs/mask_spec.md.
 //
 // Shared arguments: `p` drop rate in [0, 1); `seed` the 64-bit mask seed passed as its int64
 // bit pattern; `offset` the flat index of element 0 (for streaming a tensor in pieces);

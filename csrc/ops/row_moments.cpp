@@ -1,6 +1,7 @@
 // Schema of row_moments, the one pass over a Linear's weight delta that analytic q (DAREx
 // Algorithm 3, darex_ext/algorithms/analytic_q.py) needs. Kernels: cpu/row_moments_kernel.cpp,
-// cuda/row_moments_kernel.cu; fake: darex_ext/_fake.py; wrapper: darex_ext/moments.py.
+// cuda/row_moments_kernel.cu; wrapper and fake: darex_ext/ops/row_moments.py; reference:
+// darex_ext/reference/row_moments.py.
 //
 // With c_ij = delta_ij * x_j (never materialized) and, when `bias` is given, one more column
 // c_i,cols = bias_i (an input fixed at 1):

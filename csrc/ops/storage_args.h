@@ -1,6 +1,14 @@
-// Entry checks of the storage ops (seeded / bitmask / CSR pack and scatter), shared by the CPU
-// and CUDA kernels. The scatter ops read untrusted files: everything that decides where a write
-// lands is checked here, on the host, before any kernel writes (see validate_* below).
+// Entry checks of the storage ops (schemas: ops/seeded.cpp, ops/bitmask.cpp, ops/csr.cpp),
+// shared by the CPU and CUDA kernels.
+//
+// Every format works on the 2-D view of a tensor (rows = size(0), cols = the other dims
+// flattened; 0-d and 1-d tensors are one row). The *_scatter_ ops decode into `out`:
+// accumulate=False writes every element (kept ones the stored value, the rest 0; `alpha` unused),
+// accumulate=True adds alpha * value in float32 (float64 for float64) with one rounding to the
+// dtype, touching only kept elements. They validate all of their inputs before writing and raise
+// ValueError on any inconsistency, so an untrusted file can never crash or write out of bounds:
+// everything that decides where a write lands is checked here, on the host, before any kernel
+// writes (see validate_* below).
 #pragma once
 
 #include <ATen/core/Tensor.h>

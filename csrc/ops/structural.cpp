@@ -1,5 +1,6 @@
 // Schema of structural (row / column) DARE. Kernels: cpu/structural_kernel.cpp,
-// cuda/structural_kernel.cu; fake: darex_ext/_fake.py; wrapper: darex_ext/structural.py.
+// cuda/structural_kernel.cu; wrapper and fake: darex_ext/ops/structural.py; reference:
+// darex_ext/reference/structural.py.
 //
 // A slice is every element whose index along `dim` is j (dim 0: row j; dim 1 of a matrix:
 // column j). Slice j is kept iff word (offset + j) of the mask spec passes the threshold of p,

@@ -1,5 +1,7 @@
 // Schemas of the exact top-k ops (radix select, no sort, no index tensors). Kernels:
-// cpu/topk_kernel.cpp, cuda/topk_kernel.cu; fakes: darex_ext/_fake.py; wrappers: darex_ext/ops.py.
+// cpu/topk_kernel.cpp, cuda/topk_kernel.cu (registrations; the phases are in cpu/topk_*.h and
+// cuda/topk_*.cuh); wrappers and fakes: darex_ext/ops/topk.py; reference:
+// darex_ext/reference/topk.py.
 //
 // Selection keeps exactly `k` elements per slice (the whole tensor, or each row of a tensor seen
 // as [size(0), numel / size(0)] when per_row); among equal scores at the cut the lower flat index

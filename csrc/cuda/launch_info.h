@@ -10,7 +10,7 @@ struct LaunchInfo {
 };
 
 #ifdef DAREX_WITH_CUDA
-LaunchInfo cuda_launch_info();  // cuda/launch.cu
+LaunchInfo cuda_launch_info();  // launch.cu
 #endif
 
 }  // namespace darex
