@@ -166,4 +166,5 @@ def apply_delta(base: str | os.PathLike, delta: str | os.PathLike, out: str | os
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     _b, deltas, _dense, _layout, _side = _open(base, delta)  # fail before any worker starts
     deltas.close()
-    return run_workers(_job, (base, delta, out, device, overwrite, show_progress), workers=workers, device=device)
+    return run_workers(_job, (base, delta, out, device, overwrite, show_progress), workers=workers, device=device,
+                       output=(out, overwrite))

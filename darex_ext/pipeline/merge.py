@@ -104,4 +104,4 @@ def merge_models(base: str | os.PathLike, finetuned: list[str | os.PathLike], ou
         raise ValueError(f"workers must be >= 1, got {workers}")
     plan_merge(base, finetuned, cfg)
     return run_workers(_job, (base, finetuned, out, cfg, overwrite, show_progress), workers=workers,
-                       device=cfg.device)
+                       device=cfg.device, output=(out, overwrite))

@@ -62,7 +62,7 @@ def write_model(group: SoloGroup, out: str, layout: Layout, compute: Callable[[s
         def prepare() -> str | None:
             if group.rank != 0:
                 return None
-            tmp = stack.enter_context(atomic_dir(out, overwrite=overwrite))
+            tmp = group.staging or stack.enter_context(atomic_dir(out, overwrite=overwrite))
             for f in layout.files:
                 create_file(os.path.join(tmp, f.file), f)
             if layout.indexed:
@@ -126,7 +126,7 @@ def write_delta(group: SoloGroup, out: str, names: Sequence[str], sizes: Sequenc
         def prepare() -> str | None:
             if group.rank != 0:
                 return None
-            tmp = stack.enter_context(atomic_dir(out, overwrite=overwrite))
+            tmp = group.staging or stack.enter_context(atomic_dir(out, overwrite=overwrite))
             _copy_side_files(side_dir, side_files, tmp)
             return tmp
 

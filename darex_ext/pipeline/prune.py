@@ -306,4 +306,4 @@ def prune_model(base: str | os.PathLike, finetuned: str | os.PathLike, out: str 
         raise ValueError(f"workers must be >= 1, got {workers}")
     plan_prune(base, finetuned, cfg)  # fail before any worker starts
     return run_workers(_job, (base, finetuned, out, cfg, overwrite, show_progress), workers=workers,
-                       device=cfg.device)
+                       device=cfg.device, output=(out, overwrite))

@@ -27,6 +27,9 @@ class WorkerFailed(RuntimeError):
 class SoloGroup:
     rank = 0
     world = 1
+    # The directory a parent process prepared for the output: the workers fill it and the
+    # parent publishes it after every worker succeeded. None: rank 0 publishes itself.
+    staging: str | None = None
 
     def phase(self, fn: Callable[[], Any]) -> Any:
         return fn()
@@ -41,9 +44,10 @@ class SoloGroup:
 class Group(SoloGroup):
     """A torch.distributed process group used for control: broadcasts and failure agreement."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, staging: str | None = None):
         import torch.distributed as dist
 
+        self.staging = staging
         self._dist = dist
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
@@ -99,15 +103,29 @@ def _backend(device: str) -> str:
     return "nccl" if device.startswith("cuda") else "gloo"
 
 
-def _entry(rank: int, world: int, init_file: str, device: str, fn: Callable, args: tuple, results) -> None:
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this worker when its parent dies (Linux), so no orphan writes after a kill."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+def _entry(rank: int, world: int, init_file: str, device: str, fn: Callable, args: tuple, results,
+           parent: int, staging: str | None) -> None:
     import torch.distributed as dist
 
+    _die_with_parent(parent)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     if device.startswith("cuda"):
         torch.cuda.set_device(rank % torch.cuda.device_count())
     dist.init_process_group(_backend(device), init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        group = Group(torch.device(device if not device.startswith("cuda") else f"cuda:{torch.cuda.current_device()}"))
+        dev = torch.device(device if not device.startswith("cuda") else f"cuda:{torch.cuda.current_device()}")
+        group = Group(dev, staging)
         value = fn(group, *args)
         group.phase(lambda: None)  # no rank leaves while another still talks to it
         if rank == 0:
@@ -120,34 +138,54 @@ def _entry(rank: int, world: int, init_file: str, device: str, fn: Callable, arg
         dist.destroy_process_group()
 
 
-def run_workers(fn: Callable[..., Any], args: tuple, *, workers: int, device: str = "cpu") -> Any:
+def run_workers(fn: Callable[..., Any], args: tuple, *, workers: int, device: str = "cpu",
+                output: tuple[str, bool] | None = None) -> Any:
     """Run fn(group, *args) on every worker; return rank 0's result.
 
     Under torchrun the current process is one worker; otherwise `workers` local processes are
     spawned (fn and args must be picklable). workers == 1 runs in-process without a group.
+    `output` = (path, overwrite): with spawned workers this process reserves the output, the
+    workers write into `group.staging`, and only this process publishes it, after every worker
+    succeeded; an error, a dead worker or an interrupt publishes nothing.
     """
     if from_environment():
-        import torch.distributed as dist
-
-        dev = torch.device(device)
-        if device.startswith("cuda"):
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            dev = torch.device(f"cuda:{local}")
-        owned = not dist.is_initialized()
-        if owned:
-            dist.init_process_group(_backend(device))
-        try:
-            group = Group(dev)
-            result = fn(group, *args)
-            # No rank leaves while another still talks to it (gloo aborts on a closed peer).
-            group.phase(lambda: None)
-            return result
-        finally:
-            if owned:
-                dist.destroy_process_group()
+        return _run_torchrun(fn, args, device)
     if workers <= 1:
         return fn(SoloGroup(), *args)
+    if output is None:
+        return _spawn(fn, args, workers, device, None)
+    from ..io.atomic import publish_dir, staging_dir
+
+    path, overwrite = os.path.abspath(output[0]), output[1]
+    with staging_dir(path, overwrite=overwrite) as tmp:
+        result = _spawn(fn, args, workers, device, tmp)
+        publish_dir(tmp, path, overwrite=overwrite)
+    return result
+
+
+def _run_torchrun(fn: Callable[..., Any], args: tuple, device: str) -> Any:
+    import torch.distributed as dist
+
+    dev = torch.device(device)
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        dev = torch.device(f"cuda:{local}")
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group(_backend(device))
+    try:
+        group = Group(dev)
+        result = fn(group, *args)
+        # No rank leaves while another still talks to it (gloo aborts on a closed peer).
+        group.phase(lambda: None)
+        return result
+    finally:
+        if owned:
+            dist.destroy_process_group()
+
+
+def _spawn(fn: Callable[..., Any], args: tuple, workers: int, device: str, staging: str | None) -> Any:
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
@@ -155,7 +193,8 @@ def run_workers(fn: Callable[..., Any], args: tuple, *, workers: int, device: st
     outcome = None
     with tempfile.TemporaryDirectory(prefix="darex-rdzv-") as rdzv:
         init_file = os.path.join(rdzv, "init")
-        procs = [ctx.Process(target=_entry, args=(r, workers, init_file, device, fn, args, results))
+        procs = [ctx.Process(target=_entry, args=(r, workers, init_file, device, fn, args, results, os.getpid(),
+                                                  staging))
                  for r in range(workers)]
         for proc in procs:
             proc.start()
@@ -169,6 +208,10 @@ def run_workers(fn: Callable[..., Any], args: tuple, *, workers: int, device: st
             if outcome is None:
                 with contextlib.suppress(queue.Empty):
                     outcome = results.get(timeout=1.0)
+        except BaseException:
+            for proc in procs:  # interrupted: no worker may go on writing
+                proc.kill()
+            raise
         finally:
             for proc in procs:
                 proc.join()
