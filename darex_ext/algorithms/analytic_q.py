@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..ops import _checks, row_moments
+from ..ops.row_moments import side_vector as check_side_vector
 from . import _args
 
 __all__ = ["analytic_q", "analytic_layer_q", "q_from_moments", "phi", "analytic_q_for_model"]
@@ -150,6 +151,14 @@ def q_from_moments(S: torch.Tensor, Q: torch.Tensor, p: float, *, eta: float = 0
     return _closed_form_q(S, Q, p, eta)
 
 
+def _side_argument(t, name: str, op_name: str, length: int, what: str, like: torch.Tensor) -> None:
+    # row_moments' own check, run first so the error names the caller's argument.
+    try:
+        check_side_vector(t, op_name, length, what, like)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name} (row_moments' {op_name}): {exc}") from None
+
+
 def analytic_q(delta: torch.Tensor, x_mean: torch.Tensor, p: float, *, eta: float = 0.45, prob: float = 0.95,
                stop_iter: float = 0.8, bias_delta: torch.Tensor | None = None,
                method: str = "grid", two_sided: bool = False) -> torch.Tensor:
@@ -182,6 +191,10 @@ def analytic_q(delta: torch.Tensor, x_mean: torch.Tensor, p: float, *, eta: floa
     if delta.dim() != 2:
         raise ValueError(f"delta must be 2-D [out_features, in_features], got shape {tuple(delta.shape)}")
     _check_common(p, eta, prob, stop_iter, method)
+    rows, cols = delta.shape
+    _side_argument(x_mean, "x_mean", "x", cols, "delta.shape[1]", delta)
+    if bias_delta is not None:
+        _side_argument(bias_delta, "bias_delta", "bias", rows, "delta.shape[0]", delta)
     S, Q = row_moments(delta, x_mean, bias_delta)
     q = q_from_moments(S, Q, p, eta=eta, prob=prob, stop_iter=stop_iter, method=method, two_sided=two_sided)
     return q.to(torch.float32)

@@ -7,6 +7,7 @@ combination of options is a usage error, exit 2, via `parser.error`).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -33,6 +34,46 @@ def _workers(text: str) -> int:
     return value
 
 
+def _number(text: str, option: str, check) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    try:
+        return check(value, option)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _drop_rate(text: str) -> float:
+    from ..pipeline.compat import check_drop_rate
+
+    return _number(text, "-p", check_drop_rate)
+
+
+def _q(text: str) -> float:
+    from ..pipeline.compat import check_q
+
+    return _number(text, "--q", check_q)
+
+
+def _finite_number(value: float, option: str) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"{option} must be a finite number, got {value}")
+    return value
+
+
+def _finite(option: str):
+    return lambda text: _number(text, option, _finite_number)
+
+
+def _device(text: str) -> str:
+    index = text[len("cuda:"):] if text.startswith("cuda:") else None
+    if text not in ("cpu", "cuda") and not (index is not None and index.isdigit()):
+        raise argparse.ArgumentTypeError(f"--device must be cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
 def _common(p: argparse.ArgumentParser, *, select: bool = True, default_preset: str = "all",
             output_required: bool = True) -> None:
     p.add_argument("-o", "--output", required=output_required, metavar="OUT", help="output directory (must not exist unless --overwrite)")
@@ -48,7 +89,7 @@ def _common(p: argparse.ArgumentParser, *, select: bool = True, default_preset: 
     p.add_argument("--seed", type=_seed, default=0, help="base seed; tensor seeds are tensor_seed(seed, name)")
     p.add_argument("--workers", type=_workers, default=1, metavar="N",
                    help="split tensors over N processes (gloo on CPU, NCCL on GPU); under torchrun, one per rank")
-    p.add_argument("--device", default="cpu", help="cpu | cuda (compute device)")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu | cuda | cuda:N (compute device)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -59,9 +100,9 @@ def add_model_commands(sub) -> None:
     p.add_argument("base", metavar="BASE", help="base model directory or .safetensors file")
     p.add_argument("finetuned", metavar="FINETUNED", help="fine-tuned model directory or .safetensors file")
     p.add_argument("--method", choices=("dare", "darex-q", "magnitude", "wanda", "dppa"), default="dare")
-    p.add_argument("-p", type=float, default=0.9, help="drop rate in [0, 1) (default 0.9)")
+    p.add_argument("-p", type=_drop_rate, default=0.9, help="drop rate in [0, 1) (default 0.9)")
     qs = p.add_mutually_exclusive_group()
-    qs.add_argument("--q", type=float, default=None, help="rescale kept entries by 1/Q (darex-q; magnitude/wanda)")
+    qs.add_argument("--q", type=_q, default=None, help="rescale kept entries by 1/Q (darex-q; magnitude/wanda)")
     qs.add_argument("--q-mode", choices=("analytic",), default=None,
                     help="analytic: per-row q from DAREx Algorithm 3 (needs --stats)")
     p.add_argument("--stats", default=None, metavar="FILE",
@@ -83,10 +124,10 @@ def add_model_commands(sub) -> None:
     p.add_argument("base", metavar="BASE")
     p.add_argument("finetuned", metavar="FT", nargs="+")
     p.add_argument("--method", choices=("task-arithmetic", "ties", "dare-ties", "dare-linear"), default="ties")
-    p.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per fine-tune")
-    p.add_argument("-p", type=float, default=None, help="drop rate (TIES trim, default 0.8; required for DARE)")
-    p.add_argument("--q", type=float, default=None, help="DARE variants: rescale by 1/Q instead of 1/(1-p)")
-    p.add_argument("--lambda", dest="lam", type=float, default=1.0, help="scale of the merged delta")
+    p.add_argument("--weights", type=_finite("--weights"), nargs="+", default=None, help="one weight per fine-tune")
+    p.add_argument("-p", type=_drop_rate, default=None, help="drop rate (TIES trim, default 0.8; required for DARE)")
+    p.add_argument("--q", type=_q, default=None, help="DARE variants: rescale by 1/Q instead of 1/(1-p)")
+    p.add_argument("--lambda", dest="lam", type=_finite("--lambda"), default=1.0, help="scale of the merged delta")
     norm = p.add_mutually_exclusive_group()
     norm.add_argument("--normalize", dest="normalize", action="store_true", default=None,
                       help="divide by the summed weights (default: TIES only)")
@@ -122,9 +163,18 @@ def _print_summary(what: str, summary: dict, out: str) -> None:
           f"({size / 1e6:.1f} MB, {secs:.2f} s)")
 
 
+def _usable_device(device: str) -> None:
+    """Refuse a device this build or machine cannot compute on before anything is created: a
+    failure of the environment, not of the command line (exit 1, one line)."""
+    from ..pipeline.compat import check_device
+
+    check_device(device)
+
+
 def _prune(args, parser) -> int:
     from ..pipeline import PruneConfig, plan_prune, prune_model
 
+    _usable_device(args.device)
     try:
         cfg = PruneConfig(method=args.method, p=args.p, q=args.q, q_mode=args.q_mode or "fixed", seed=args.seed,
                           format=args.format, preset=args.preset, include=tuple(args.include),
@@ -154,6 +204,7 @@ def _prune(args, parser) -> int:
 def _apply(args, parser) -> int:
     from ..pipeline import apply_delta
 
+    _usable_device(args.device)
     summary = apply_delta(args.base, args.delta, args.output, workers=args.workers, device=args.device,
                           overwrite=args.overwrite, show_progress=not args.quiet)
     _print_summary("applied", summary, args.output)
@@ -163,6 +214,7 @@ def _apply(args, parser) -> int:
 def _merge(args, parser) -> int:
     from ..pipeline import MergeConfig, merge_models
 
+    _usable_device(args.device)
     try:
         cfg = MergeConfig(method=args.method, weights=tuple(args.weights) if args.weights else None, p=args.p,
                           q=args.q, lam=args.lam, normalize=args.normalize, seed=args.seed, preset=args.preset,

@@ -111,6 +111,8 @@ def read_header(path: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     if not isinstance(header, dict):
         raise ValueError(f"{path}: malformed safetensors header (not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise ValueError(f"{path}: malformed safetensors header (__metadata__ must map str to str)")
     base = os.path.basename(path)
     data_size = os.path.getsize(path) - 8 - n
     infos = []

@@ -16,6 +16,10 @@ def tensor(t, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in VALUE_DTYPES:
         raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
+    # A meta tensor has no data for a kernel to read. FakeTensors (torch.compile, opcheck) report
+    # the device they stand for, never "meta", so they pass.
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (no data); pass a CPU or CUDA tensor")
     return t
 
 
@@ -59,10 +63,37 @@ def same_layout(a: torch.Tensor, an: str, b: torch.Tensor, bn: str) -> None:
         raise ValueError(f"{an} and {bn} must be on the same device, got {a.device} and {b.device}")
 
 
+# Plain floats computed once, so the checks trace under torch.compile as constants.
+_Q_BOUNDS = {dt: (float(torch.finfo(dt).tiny), float(torch.finfo(dt).max)) for dt in (torch.float32, torch.float64)}
+
+
+def acc_dtype(like: torch.Tensor) -> torch.dtype:
+    """The type the kernels compute 1/q and x/q in: float64 for float64 tensors, else float32."""
+    return torch.float64 if like.dtype == torch.float64 else torch.float32
+
+
+def q_bounds(like: torch.Tensor) -> tuple[float, float]:
+    """[smallest, largest] q for a tensor like `like`: the positive normal numbers of its
+    accumulation type, so q and 1/q are both finite there (a subnormal q has 1/q = inf)."""
+    return _Q_BOUNDS[acc_dtype(like)]
+
+
+def _q_rule(like: torch.Tensor, where: str = "") -> str:
+    lo, hi = q_bounds(like)
+    return (f"q must be in [{lo:.8g}, {hi:.8g}]{where} for a {like.dtype} tensor (positive, finite and "
+            f"normal in {acc_dtype(like)}, so 1/q is finite)")
+
+
 def rescale_q(q, p: float, like: torch.Tensor) -> tuple[torch.Tensor | None, float]:
-    """Normalize q to (per-row tensor or None, scalar q) as the ops take them."""
+    """Normalize q to (per-row tensor or None, scalar q) as the ops take them.
+
+    One rule for a scalar and for every entry of a per-row q: q_bounds(like), compared exactly
+    (in float64, which holds every floating dtype's values), so a value accepted here is a
+    normal number of the accumulation type after rounding too.
+    """
     if q is None:
         return None, 1.0 - p
+    lo, hi = q_bounds(like)
     if isinstance(q, torch.Tensor) and q.dim() >= 1:
         if q.dtype not in VALUE_DTYPES:
             raise TypeError(f"q must be a floating tensor, got {q.dtype}")
@@ -71,17 +102,14 @@ def rescale_q(q, p: float, like: torch.Tensor) -> tuple[torch.Tensor | None, flo
             raise ValueError(f"q must be 1-D with length delta.shape[0] = {rows}, got shape {tuple(q.shape)}")
         if q.device != like.device:
             raise ValueError(f"q must be on {like.device}, got {q.device}")
-        acc = torch.float64 if like.dtype == torch.float64 else torch.float32
-        q_acc = q.detach().to(acc).contiguous()
-        if q_acc.numel() and not bool(torch.all(torch.isfinite(q_acc) & (q_acc > 0))):
-            raise ValueError("q must be finite and > 0 in every row")
-        return q_acc, 1.0
+        q = q.detach()
+        if q.numel():
+            q64 = q.to(torch.float64)
+            if not bool(torch.all((q64 >= lo) & (q64 <= hi))):  # also rejects NaN
+                raise ValueError(_q_rule(like, " in every row"))
+        return q.to(acc_dtype(like)).contiguous(), 1.0
     value = real(q, "q")
-    if not (math.isfinite(value) and value > 0.0):
-        raise ValueError(f"q must be a finite number > 0, got {value}")
-    # 1/q is computed in float32 for all but float64 tensors: keep it finite (pure Python,
-    # so the check traces under torch.compile).
-    smallest = 1e-300 if like.dtype == torch.float64 else 1e-30
-    if value < smallest:
-        raise ValueError(f"q must be >= {smallest:g} for a {like.dtype} tensor (1/q must be finite), got {value}")
+    # Pure Python, so the check traces under torch.compile.
+    if not (lo <= value <= hi):  # also rejects NaN and inf
+        raise ValueError(f"{_q_rule(like)}, got {value}")
     return None, value

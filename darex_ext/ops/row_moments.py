@@ -13,7 +13,9 @@ from . import _library  # noqa: F401  (registers torch.ops.darex)
 __all__ = ["row_moments"]
 
 
-def _side_vector(t, name: str, length: int, what: str, like: torch.Tensor) -> torch.Tensor:
+def side_vector(t, name: str, length: int, what: str, like: torch.Tensor) -> torch.Tensor:
+    """A 1-D floating tensor of `length` on like's device, as float64; TypeError/ValueError naming
+    `name` otherwise. Shared with analytic q, whose users call the same vector `x_mean`."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
@@ -48,8 +50,8 @@ def row_moments(delta: torch.Tensor, x: torch.Tensor,
     if delta.dim() != 2:
         raise ValueError(f"delta must be 2-D [rows, cols], got shape {tuple(delta.shape)}")
     rows, cols = delta.shape
-    x64 = _side_vector(x, "x", cols, "delta.shape[1]", delta)
-    b64 = None if bias is None else _side_vector(bias, "bias", rows, "delta.shape[0]", delta)
+    x64 = side_vector(x, "x", cols, "delta.shape[1]", delta)
+    b64 = None if bias is None else side_vector(bias, "bias", rows, "delta.shape[0]", delta)
     return torch.ops.darex.row_moments(delta.detach(), x64, b64)
 
 

@@ -18,7 +18,7 @@ import torch
 from .. import storage
 from ._malloc import fixed_mmap_threshold
 from .checkpoint import Checkpoint
-from .compat import CheckpointMismatch
+from .compat import CheckpointMismatch, check_device
 from ..io.safetensors import read_header
 from ..storage.errors import FormatError
 from .output import DELTA_FILE, DENSE_FILE, DENSE_KEY, write_model
@@ -162,8 +162,7 @@ def apply_delta(base: str | os.PathLike, delta: str | os.PathLike, out: str | os
     """Write base + delta as a model directory `out` (layout of the model the delta came from).
     `device` ("cpu", "cuda", "cuda:N") is where the deltas are added onto the base tensors."""
     base, delta, out = os.fspath(base), os.fspath(delta), os.fspath(out)
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    device = check_device(device)
     _b, deltas, _dense, _layout, _side = _open(base, delta)  # fail before any worker starts
     deltas.close()
     return run_workers(_job, (base, delta, out, device, overwrite, show_progress), workers=workers, device=device,

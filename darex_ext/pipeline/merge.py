@@ -38,16 +38,29 @@ class MergeConfig:
     device: str = "cpu"
 
     def __post_init__(self):
+        import math
+
+        from ..ops import _checks
+        from .compat import check_device, check_drop_rate, check_q
+
         if self.method not in MERGE_METHODS:
             raise ValueError(f"method must be one of {MERGE_METHODS}, got {self.method!r}")
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
         if self.method.startswith("dare") and self.p is None:
             raise ValueError(f"method {self.method!r} needs -p (the DARE drop rate)")
-        if self.p is not None and not (0.0 <= self.p < 1.0):
-            raise ValueError(f"p (the drop rate) must be in [0, 1), got {self.p}")
+        if self.p is not None:
+            check_drop_rate(self.p, "p")
         if self.q is not None and not self.method.startswith("dare"):
             raise ValueError("q applies to the DARE methods only")
+        if self.q is not None:
+            check_q(self.q, "q")
+        if not math.isfinite(_checks.real(self.lam, "lam")):
+            raise ValueError(f"lam (--lambda) must be a finite number, got {self.lam}")
+        for i, w in enumerate(self.weights or ()):
+            if not math.isfinite(_checks.real(w, f"weights[{i}]")):
+                raise ValueError(f"weights[{i}] (--weights) must be a finite number, got {w}")
+        check_device(self.device)
         resolve_seed(self.seed)
 
 

@@ -109,9 +109,13 @@ def _append(fd: int, t: torch.Tensor, pos: int) -> int:
 def write_delta(group: SoloGroup, out: str, names: Sequence[str], sizes: Sequence[int],
                 compute: Callable[[str], tuple[str, Any]], *, metadata: dict[str, str],
                 side_dir: str | None = None, side_files: Sequence[str] = (), overwrite: bool = False,
-                show_progress: bool = False, desc: str = "compressing") -> dict[str, Any]:
+                show_progress: bool = False, desc: str = "compressing", record_dense: bool = False) -> dict[str, Any]:
     """Write a delta directory: `compute(name)` returns ("delta", SparseDelta), ("dense", tensor)
     to store the tensor as it is, or ("skip", None) when the base already holds it.
+
+    record_dense: add to the delta file's metadata (DENSE_KEY) the names of the tensors stored
+    in dense.safetensors, so `apply` can refuse a delta file separated from them instead of
+    silently taking the base's values for them.
 
     Each result is appended to this rank's part file as soon as it is computed and then dropped,
     so memory holds one tensor, never the whole compressed model (at p = 0.9 in bf16 a bitmask
@@ -175,9 +179,9 @@ def write_delta(group: SoloGroup, out: str, names: Sequence[str], sizes: Sequenc
             source = {key: (r, pos, n) for r, _rec, where in found for key, (pos, n) in where.items()}
             records = sorted(((r, rec) for r, recs in enumerate(all_dense) for rec in recs),
                              key=lambda item: order[item[1][0]])
-            # The delta file names the tensors kept in dense.safetensors, so `apply` can refuse a
-            # delta file separated from them instead of silently using the base's values.
-            meta = dict(metadata, **{DENSE_KEY: json.dumps([rec[0] for _r, rec in records])})
+            meta = dict(metadata)
+            if record_dense:
+                meta[DENSE_KEY] = json.dumps([rec[0] for _r, rec in records])
             with _PartReader(tmp) as parts:
                 write_file(os.path.join(tmp, DELTA_FILE), [rec for _r, rec, _w in found], meta,
                            lambda key: parts.chunks(*source[key]))

@@ -61,16 +61,17 @@ class PruneConfig:
     stats: str | None = None       # safetensors with "<module>.x_mean" / "<module>.act_norm"
 
     def __post_init__(self):
+        from .compat import check_device, check_drop_rate, check_q
+
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
-        if not (0.0 <= self.p < 1.0):
-            raise ValueError(f"p (the drop rate) must be in [0, 1), got {self.p}")
-        if self.q is not None and self.q <= 0.0:
-            raise ValueError(f"q must be > 0, got {self.q}")
+        check_drop_rate(self.p, "p")
+        if self.q is not None:
+            check_q(self.q, "q")
         if self.q_mode not in ("fixed", "analytic"):
             raise ValueError(f"q_mode must be 'fixed' or 'analytic', got {self.q_mode!r}")
         if self.method == "dare" and (self.q is not None or self.q_mode == "analytic"):
@@ -85,8 +86,7 @@ class PruneConfig:
         if self.format == "seeded" and self.method not in RANDOM_METHODS:
             raise ValueError(f"format 'seeded' stores a DARE mask by its seed; method {self.method!r} "
                              "is not seeded (use bitmask or csr)")
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        check_device(self.device)
         resolve_seed(self.seed)
 
 
@@ -285,7 +285,7 @@ def _job(group, base: str, finetuned: str, out: str, cfg: PruneConfig, overwrite
         try:
             summary = write_delta(group, out, names, [entries[n].nbytes for n in names], compute_delta,
                                   metadata=metadata, side_dir=f.directory, side_files=side, overwrite=overwrite,
-                                  show_progress=show_progress)
+                                  show_progress=show_progress, record_dense=True)
         finally:
             reads.close()
     summary = dict(summary or {})

@@ -54,6 +54,13 @@ def _real(meta: dict, key: str, name: str | None, *, required: bool):
     return float(v)
 
 
+def _positive_finite(x) -> bool:
+    try:
+        return math.isfinite(float(x)) and float(x) > 0.0
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def _int(meta: dict, key: str, name: str | None, lo: int, hi: int, *, default=None):
     v = meta.get(key, default)
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not lo <= int(v) <= hi:
@@ -73,6 +80,8 @@ def check_meta(fmt: str, meta, name: str | None) -> dict:
     if q is not None and not (isinstance(q, numbers.Real) and not isinstance(q, bool)) and not (
             isinstance(q, list) and all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in q)):
         raise FormatError(f"{label(name)}: metadata 'q' must be null, a number or a list of numbers")
+    if q is not None and not all(_positive_finite(x) for x in (q if isinstance(q, list) else [q])):
+        raise FormatError(f"{label(name)}: metadata 'q' must be finite and > 0, got {q!r:.80}")
     method = meta.get("method")
     if method is not None and not isinstance(method, str):
         raise FormatError(f"{label(name)}: metadata 'method' must be a string, got {method!r}")

@@ -36,7 +36,9 @@ def compress(pruned: torch.Tensor, format: str = "auto", *, method: str | None =
         pruned: float32/float64/float16/bfloat16 tensor of any shape, CPU or CUDA.
         format: "bitmask" (compressed-tensors' sparse-bitmask layout), "csr", or "auto" (the
             smaller of the two for this tensor's nonzero count; ties go to bitmask).
-        method, p, q: recorded in meta (how the delta was pruned), not used to decode.
+        method, p, q: recorded in meta (how the delta was pruned), not used to decode; p and
+            q are checked as darex_ext.prune_ checks them (p in [0, 1); q finite, > 0 and
+            normal in the accumulation type, per-row q of length pruned.shape[0]).
 
     Returns:
         A SparseDelta whose to_dense() equals `pruned` (with -0.0 read back as +0.0).
@@ -46,7 +48,10 @@ def compress(pruned: torch.Tensor, format: str = "auto", *, method: str | None =
         raise ValueError(f"format must be one of {_COMPRESS_FORMATS}, got {format!r}")
     if method is not None and not isinstance(method, str):
         raise TypeError(f"method must be a string or None, got {type(method).__name__}")
-    meta = {"method": method, "p": None if p is None else _checks.real(p, "p"), "q": _q_json(q)}
+    p = None if p is None else _checks.drop_rate(p)
+    # Recorded only, yet held to the rule the ops apply, so a file never claims an impossible q.
+    _checks.rescale_q(q, 0.0 if p is None else p, pruned)
+    meta = {"method": method, "p": p, "q": _q_json(q)}
     fmt = format
     if format in ("auto", "bitmask"):
         # The bitmask pack is cheaper than counting nonzeros first; its count decides "auto".
@@ -78,6 +83,7 @@ def compress_dare(delta: torch.Tensor, p: float, q=None, *, seed, format: str = 
     """
     _checks.tensor(delta, "delta")
     p = _checks.drop_rate(p)
+    _checks.rescale_q(q, p, delta)
     seed = resolve_seed(seed)
     offset = _checks.offset(offset)
     if not isinstance(method, str):

@@ -17,8 +17,10 @@ mapped by safetensors and each delta is read and validated when it is looked up.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -160,10 +162,30 @@ def load(path: str | os.PathLike, device=None, names=None) -> DeltaFile:
         names: only these deltas (an iterable of names; KeyError for a name not in the file).
 
     Raises:
-        FormatError: the file is not a valid darex_ext sparse delta file (any inconsistency in
-            its header, metadata or, on lookup, a delta's tensors).
+        FileNotFoundError / IsADirectoryError: `path` is missing / a directory.
+        FormatError: `path` is not a regular file (a FIFO is refused without being opened), or
+            not a valid darex_ext sparse delta file (any inconsistency in its header, metadata
+            or, on lookup, a delta's tensors). Every message names the path.
     """
     return DeltaFile(path, device=device, names=names)
+
+
+_KINDS = {stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
+          stat.S_IFSOCK: "socket"}
+
+
+def _check_regular_file(path: str) -> None:
+    """A clear error for a path that is missing or not a regular file, decided by stat alone:
+    a FIFO or a device is never opened (opening a FIFO blocks until a writer comes)."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: a parent is a file
+        raise FileNotFoundError(errno.ENOENT, "no such file", path) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a delta file", path)
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError(f"{path}: not a regular file (a {_KINDS.get(stat.S_IFMT(st.st_mode), 'special file')}), "
+                          "cannot be a delta file")
 
 
 def _parse_index(meta: dict[str, str]) -> dict[str, dict]:
@@ -196,15 +218,23 @@ class DeltaFile(Mapping):
 
         self.path = os.fspath(path)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        if not os.path.isfile(self.path):
-            raise FileNotFoundError(f"no such file: {self.path!r}")
+        _check_regular_file(self.path)
         try:
             self._file = safe_open(self.path, framework="pt", device="cpu")
             raw_meta = self._file.metadata() or {}
             keys = set(self._file.keys())
         except Exception as exc:  # safetensors reports a bad header in several exception types
             raise FormatError(f"{self.path}: not a valid safetensors file: {exc}") from None
-        self._index = _parse_index(raw_meta)
+        # safetensors releases differ in what they let through; the header's __metadata__ must
+        # be a str -> str object whatever the reader accepted.
+        if not isinstance(raw_meta, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                     for k, v in raw_meta.items()):
+            raise FormatError(f"{self.path}: the header's __metadata__ must map strings to strings, "
+                              f"got {raw_meta!r:.80}")
+        try:
+            self._index = _parse_index(raw_meta)
+        except FormatError as exc:
+            raise FormatError(f"{self.path}: {exc}") from None
         expected = {f"{n}.{k}" for n, e in self._index.items() for k in FILE_KEYS[e["format"]]}
         if keys != expected:
             extra, missing = sorted(keys - expected)[:5], sorted(expected - keys)[:5]

@@ -83,3 +83,13 @@ def test_read_header_rejects_offsets_beyond_the_file(tmp_path):
         f.write(head + b"\0" * 10)  # 400 bytes promised, 10 present
     with pytest.raises(ValueError, match="inconsistent offsets"):
         read_header(path)
+
+
+@pytest.mark.parametrize("meta", ['[["a","b"]]', '{"a":1}', '"x"'])
+def test_read_header_rejects_metadata_that_is_not_str_to_str(tmp_path, meta):
+    raw = ('{"__metadata__":' + meta + ',"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}').encode()
+    path = str(tmp_path / "m.safetensors")
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw + b"\0" * 4)
+    with pytest.raises(ValueError, match="__metadata__"):
+        read_header(path)

@@ -193,3 +193,12 @@ def test_apply_rejects_an_unknown_device(llama, tmp_path):
     with pytest.raises(ValueError, match="device"):
         apply_delta(base_dir, tmp_path / "delta", tmp_path / "out", device="tpu")
     assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.skipif("cuda" in DEVICES, reason="CUDA is usable here")
+def test_apply_on_cuda_without_cuda_fails_before_writing(llama, tmp_path):
+    base_dir, ft_dir = llama
+    prune_model(base_dir, ft_dir, tmp_path / "delta", PruneConfig(format="seeded", p=0.9))
+    with pytest.raises(ValueError, match="--device"):
+        apply_delta(base_dir, tmp_path / "delta", tmp_path / "out", device="cuda")
+    assert not os.path.exists(tmp_path / "out")

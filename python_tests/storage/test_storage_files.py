@@ -243,3 +243,96 @@ def test_tensors_are_aligned_and_read_by_plain_safetensors(tmp_path):
         for name, sd in deltas.items():
             for key, t in _file_tensors(name, sd).items():
                 assert torch.equal(f.get_tensor(key), t), key
+
+
+def test_load_a_directory_names_it(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory") as exc:
+        load(tmp_path)
+    assert str(tmp_path) in str(exc.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_load_a_fifo_is_refused_without_opening_it(tmp_path):
+    import threading
+
+    from darex_ext.storage import FormatError
+
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def attempt():
+        try:
+            load(fifo)
+        except Exception as exc:  # noqa: BLE001  (checked below)
+            outcome.append(exc)
+
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join(10.0)
+    if t.is_alive():  # unblock the reader so the test process can end
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("load() blocked opening a FIFO")
+    (exc,) = outcome
+    assert isinstance(exc, FormatError) and "not a regular file" in str(exc) and "FIFO" in str(exc)
+    assert str(fifo) in str(exc)
+
+
+def _raw_file(path, metadata) -> None:
+    header = json.dumps({"__metadata__": metadata, "a.values": {"dtype": "F32", "shape": [1],
+                                                              "data_offsets": [0, 4]}}).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+
+
+@pytest.mark.parametrize("metadata", [[1, 2], ["darex_ext.format_version", "1"], "1", 3,
+                                      {"darex_ext.format_version": 1}, {"darex_ext.format_version": ["1"]},
+                                      {"darex_ext.format_version": "1", "darex_ext.tensors": {"a": {}}}],
+                         ids=["list", "pairs", "string", "number", "int value", "list value", "object value"])
+def test_load_malformed_metadata_is_a_format_error_naming_the_file(tmp_path, metadata):
+    from darex_ext.storage import FormatError
+
+    path = tmp_path / "bad.safetensors"
+    _raw_file(path, metadata)
+    with pytest.raises(FormatError) as exc:
+        load(path)
+    assert str(path) in str(exc.value)
+
+
+@pytest.mark.parametrize("raw_meta", [[("a", "b")], {"darex_ext.format_version": 1}, {1: "x"}],
+                         ids=["list", "int value", "int key"])
+def test_load_metadata_check_does_not_rely_on_the_safetensors_release(tmp_path, monkeypatch, raw_meta):
+    # Some safetensors releases hand back what the header holds; the loader checks it itself.
+    import safetensors
+
+    from darex_ext.storage import FormatError
+
+    path = tmp_path / "ok.safetensors"
+    save(path, {"a": compress_dare(randn(3), 0.5, seed=1)})
+    real_open = safetensors.safe_open
+
+    class Handle:
+        def __init__(self, *args, **kwargs):
+            self._inner = real_open(*args, **kwargs)
+
+        def metadata(self):
+            return raw_meta
+
+        def keys(self):
+            return self._inner.keys()
+
+    monkeypatch.setattr(safetensors, "safe_open", Handle)
+    with pytest.raises(FormatError, match="__metadata__") as exc:
+        load(path)
+    assert str(path) in str(exc.value)
+
+
+def test_load_bad_index_names_the_file(tmp_path):
+    from darex_ext.storage import FormatError
+
+    path = tmp_path / "noversion.safetensors"
+    _raw_file(path, {"k": "v"})
+    with pytest.raises(FormatError, match="format version") as exc:
+        load(path)
+    assert str(exc.value).startswith(f"{path}: ")
