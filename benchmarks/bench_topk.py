@@ -5,12 +5,16 @@ Whole tensor: keep the k = round(0.01 n) and round(0.1 n) largest |x| of a 1-D t
 elements (default 2**26 on CPU, 2**28 on CUDA), zero the rest. Per row: keep the top 1% / 10% |x|
 of each row of a 4096 x 11008 matrix. Every method runs in the same process on the same data, and
 darex is checked against the torch.topk result before anything is timed (exit 1 on a mismatch).
+The ceiling is a copy of the same tensor on the same device (`x.copy_(src)`, device to device on
+CUDA), timed in the same run: "% of copy" is the copy's time / this time.
 
     python benchmarks/bench_topk.py                  # CPU, 2**26 elements + 4096 x 11008, fp32 + bf16
     python benchmarks/bench_topk.py --quick          # smoke test: 2**20 elements + 512 x 1024
     python benchmarks/bench_topk.py --device cuda --markdown >> benchmarks/RESULTS.md
+    python benchmarks/bench_topk.py --numel 4096 --matrix 16x256 --dtypes float32   # tiny
 
 Methods (each does the whole job: select and zero the dropped entries of x):
+  copy_ (ceiling)           x.copy_(src): one read and one write of the tensor, no selection
   darex.magnitude_prune_    in place; |x| computed on the fly, nothing materialized
   darex.topk_mask           selection only, on the signed x (no |x|): returns the bool mask
   torch.topk                topk(|x|.flatten(), k) (sorted=True, the default), bool mask, x.mul_(mask)
@@ -50,17 +54,20 @@ NUMEL = {"cpu": 1 << 26, "cuda": 1 << 28}
 MATRIX = (4096, 11008)
 QUICK_NUMEL, QUICK_MATRIX, QUICK_REPEAT = 1 << 20, (512, 1024), 2
 SEED = 1234
-# Targets from the issue (whole-tensor darex.magnitude_prune_).
+# Targets of the exact top-k (whole-tensor darex.magnitude_prune_).
 TARGET_VS_TOPK = {"cpu": 30.0, "cuda": 10.0}
 TARGET_VS_KTHVALUE = {"cpu": 15.0}
 TARGET_EXTRA_FRACTION, TARGET_EXTRA_CONST = 1 / 8, 4 * MiB
 
-# Method ids; the baselines are the ratio columns.
+# Method ids; the baselines are the ratio columns, the copy the bandwidth ceiling.
 DAREX_PRUNE, DAREX_MASK, TOPK, KTHVALUE, ARGSORT = "darex_prune", "darex_mask", "topk", "kthvalue", "argsort"
+COPY = "copy"
 BASELINES = (TOPK, KTHVALUE, ARGSORT)
-METHODS = {"tensor": (DAREX_PRUNE, DAREX_MASK, TOPK, KTHVALUE, ARGSORT),
-           "row": (DAREX_PRUNE, DAREX_MASK, TOPK, KTHVALUE)}
+METHODS = {"tensor": (COPY, DAREX_PRUNE, DAREX_MASK, TOPK, KTHVALUE, ARGSORT),
+           "row": (COPY, DAREX_PRUNE, DAREX_MASK, TOPK, KTHVALUE)}
 NAMES = {
+    ("tensor", COPY): "copy_ (ceiling)",
+    ("row", COPY): "copy_ (ceiling)",
     ("tensor", DAREX_PRUNE): "darex.magnitude_prune_",
     ("tensor", DAREX_MASK): "darex.topk_mask (signed x)",
     ("tensor", TOPK): "torch.topk + mask + mul_",
@@ -117,6 +124,7 @@ class Result:
     times_s: list[float]
     extra_peak_bytes: int | None = None
     ratios: dict[str, float] = dataclasses.field(default_factory=dict)  # baseline time / this time
+    copy_fraction: float | None = None  # the copy's best time / this best time, same case
 
     @property
     def best_s(self) -> float:
@@ -142,6 +150,9 @@ class Workspace:
 def bind(case: Case, method: str, ws: Workspace) -> Callable[[], object]:
     """The call that runs `method` once on ws.x (reset: ws.refill, untimed)."""
     x, k, p = ws.x, case.k, case.p
+    if method == COPY:
+        src = ws.src
+        return lambda: x.copy_(src)
     if case.scope == "tensor":
         n = x.numel()
         if method == DAREX_PRUNE:
@@ -322,7 +333,12 @@ def run(*, device: torch.device, numel: int, matrix: tuple[int, int], dtypes: Se
 
 def _fill_ratios(results: list[Result]) -> None:
     base = {(r.case, r.method): r for r in results if r.method in BASELINES}
+    copies = {r.case: r for r in results if r.method == COPY}
     for r in results:
+        if r.case in copies:
+            r.copy_fraction = copies[r.case].best_s / r.best_s
+        if r.method == COPY:
+            continue
         for b in BASELINES:
             ref = base.get((r.case, b))
             if ref is not None:
@@ -396,7 +412,7 @@ def _child_main() -> int:
 # Output
 
 COLUMNS = ("case", "dtype", "keep", "k", "method", "best ms", "median ms", "calls", "x vs topk",
-           "x vs kthvalue", "x vs argsort", "extra peak MiB", "extra / tensor")
+           "x vs kthvalue", "x vs argsort", "% of copy", "extra peak MiB", "extra / tensor")
 LEFT = {0, 1, 4}
 
 
@@ -404,8 +420,9 @@ def _cells(r: Result) -> list[str]:
     peak = r.extra_peak_bytes
     return [
         r.case.label(), dtype_name(DTYPES[r.case.dtype]), f"{100 * r.case.keep:g}%", str(r.case.k),
-        NAMES[r.case.scope, r.method], f"{r.best_s * 1e3:.1f}", f"{r.median_s * 1e3:.1f}", str(len(r.times_s)),
+        NAMES[r.case.scope, r.method], f"{r.best_s * 1e3:.2f}", f"{r.median_s * 1e3:.2f}", str(len(r.times_s)),
         *("" if b not in r.ratios else f"{r.ratios[b]:.2f}x" for b in BASELINES),
+        "" if r.copy_fraction is None else f"{100 * r.copy_fraction:.1f}%",
         "n/a" if peak is None else f"{peak / MiB:.1f}",
         "n/a" if peak is None else f"{peak / r.case.tensor_bytes:.3f}",
     ]
@@ -433,11 +450,13 @@ def _header(device: torch.device, numel: int, matrix: tuple[int, int], repeat: i
     n = f"{numel} (2^{numel.bit_length() - 1})" if numel & (numel - 1) == 0 else str(numel)
     peak = ("torch.cuda.max_memory_allocated above the inputs" if device.type == "cuda"
             else "peak RSS (VmHWM) above the inputs, one call, in a child process")
+    copy = "a device-to-device x.copy_(src)" if device.type == "cuda" else "x.copy_(src)"
     return facts + [
         f"device: {device}; whole tensor: 1-D, numel {n}; per row: {matrix[0]} x {matrix[1]}; k = round(keep * n) per slice",
         f"timing: 1 warmup + best/median of {repeat}, input refilled (untimed) before each call; "
         "ratios from the best times, same case",
-        f"x vs B: B's best time / this best time; extra peak: {peak}; extra / tensor: over the input's bytes",
+        f"x vs B: B's best time / this best time; % of copy: {copy}'s best time / this best time",
+        f"extra peak: {peak}; extra / tensor: over the input's bytes",
     ]
 
 
@@ -446,6 +465,8 @@ def _footer(results: list[Result], device: torch.device) -> list[str]:
     if any(slow_method(r.case, r.method, device) for r in results):
         lines.append("- argsort (mergekit) on CPU: timed once (calls = 1), no warmup, as it takes seconds")
     lines += [
+        "- copy_ (ceiling): x.copy_(src) of the same tensor, the least traffic any method can have "
+        "(one read, one write); it selects nothing",
         "- torch.topk: default sorted=True, bool mask by index_put (scatter_ per row), then x.mul_(mask)",
         "- torch.kthvalue: native dtype (CPU kthvalue takes bf16); keeps |x| > thr, so fewer than k where |x| ties at the cut (bf16)",
         "- argsort (mergekit): as mergekit.sparsify.magnitude: |x| cast to float32 on CPU, mask in x's dtype, "
@@ -479,13 +500,33 @@ def _footer(results: list[Result], device: torch.device) -> list[str]:
 
 
 def _positive_int(text: str) -> int:
+    base, power, exp = text.partition("**")  # 2**28 as well as 268435456
     try:
-        value = int(text, 0)
+        value = int(base, 0) ** int(exp) if power else int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _matrix_arg(text: str) -> tuple[int, int]:
+    rows, sep, cols = text.lower().partition("x")
+    try:
+        shape = (int(rows), int(cols))
+    except ValueError:
+        shape = (0, 0)
+    if not sep or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS such as 4096x11008, got {text!r}")
+    return shape
+
+
+def _dtypes_arg(text: str) -> list[str]:
+    names = [s.strip().lower() for s in text.split(",") if s.strip()]
+    bad = [n for n in names if n not in DTYPES]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"unknown dtype(s) {bad or text!r} (choose from {', '.join(DTYPES)})")
+    return [dtype_name(DTYPES[n]) for n in names]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -495,6 +536,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke test: numel 2**20, a {QUICK_MATRIX[0]} x {QUICK_MATRIX[1]} matrix, repeat 2")
+    parser.add_argument("--numel", type=_positive_int, default=None,
+                        help="elements of the whole-tensor case (default: 2**26 on cpu, 2**28 on cuda; "
+                        "2**20 with --quick)")
+    parser.add_argument("--matrix", type=_matrix_arg, default=None,
+                        help=f"ROWSxCOLS of the per-row case (default: {MATRIX[0]}x{MATRIX[1]}; "
+                        f"{QUICK_MATRIX[0]}x{QUICK_MATRIX[1]} with --quick)")
+    parser.add_argument("--dtypes", type=_dtypes_arg, default=list(DEFAULT_DTYPES),
+                        help="comma-separated (default: float32,bfloat16)")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table (for RESULTS.md)")
     parser.add_argument("--repeat", type=_positive_int, default=None,
                         help=f"timed calls per method after 1 warmup (default 5; {QUICK_REPEAT} with --quick)")
@@ -512,8 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _child_main()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    numel = QUICK_NUMEL if args.quick else NUMEL[args.device]
-    matrix = QUICK_MATRIX if args.quick else MATRIX
+    numel = args.numel or (QUICK_NUMEL if args.quick else NUMEL[args.device])
+    matrix = args.matrix or (QUICK_MATRIX if args.quick else MATRIX)
     repeat = args.repeat or (QUICK_REPEAT if args.quick else 5)
     process_argv = list(getattr(sys, "orig_argv", [sys.executable] + sys.argv))
     command = shlex.join(process_argv)
@@ -525,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         device = resolve_device(args.device)
-        results, notes = run(device=device, numel=numel, matrix=matrix, dtypes=DEFAULT_DTYPES,
+        results, notes = run(device=device, numel=numel, matrix=matrix, dtypes=args.dtypes,
                              repeat=repeat, memory=args.memory, log=log)
     except BenchError as exc:
         print(f"bench_topk.py: error: {exc}", file=sys.stderr)

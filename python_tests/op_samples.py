@@ -199,10 +199,10 @@ def _clone_args(args: tuple) -> tuple:
     return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
 
 
-def _same(got, want, exact: bool) -> bool:
+def same_result(got, want, exact: bool) -> bool:
     if isinstance(want, (tuple, list)):
         return isinstance(got, (tuple, list)) and len(got) == len(want) and \
-            all(_same(g, w, exact) for g, w in zip(got, want))
+            all(same_result(g, w, exact) for g, w in zip(got, want))
     want = torch.as_tensor(want, device=got.device)
     if got.shape != want.shape:
         return False
@@ -225,4 +225,4 @@ def check_samples_against_reference(op: str, device) -> None:
         result = getattr(torch.ops.darex, op).default(*args)
         got = args[s.mutated] if s.mutated is not None else result
         want = s.reference(*s.args)
-        assert _same(got, want, s.exact), f"darex::{op} sample {i} differs from the reference"
+        assert same_result(got, want, s.exact), f"darex::{op} sample {i} differs from the reference"

@@ -8,6 +8,7 @@ import torch
 import darex_ext
 
 from conftest import DTYPES, HAS_CUDA, randn
+from op_samples import SAMPLE_COUNTS, same_result, samples
 
 pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
 
@@ -54,3 +55,28 @@ def test_other_device_index_and_stream():
         y = darex_ext.prune_(x.clone(), 0.5, seed=9)
     s.synchronize()
     assert torch.equal(y.cpu(), darex_ext.prune_(x.cpu(), 0.5, seed=9))
+
+
+# ---- every dispatcher op on every shared sample (python_tests/op_samples.py): CPU == CUDA, bit
+# for bit (the declared inexact float64 reductions to 1e-12, as against the reference).
+ALL_CASES = [(op, i) for op, n in SAMPLE_COUNTS.items() for i in range(n)]
+
+
+def _to(x, device):
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to(v, device) for v in x)
+    return x
+
+
+@pytest.mark.parametrize("op,case", ALL_CASES, ids=[f"{op}-{i}" for op, i in ALL_CASES])
+def test_every_op_cpu_equals_cuda(op, case):
+    sample = samples(op, "cpu")[case]
+    fn = getattr(torch.ops.darex, op).default
+    cpu_args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in sample.args)
+    gpu_args = _to(sample.args, "cuda")
+    cpu, gpu = fn(*cpu_args), fn(*gpu_args)
+    if sample.mutated is not None:
+        cpu, gpu = cpu_args[sample.mutated], gpu_args[sample.mutated]
+    assert same_result(_to(gpu, "cpu"), cpu, sample.exact), f"darex::{op} sample {case}: CUDA differs from CPU"

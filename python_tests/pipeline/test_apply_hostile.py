@@ -167,3 +167,17 @@ def test_layout_check_is_the_one_place(pruned):
     _base, root = pruned
     layout = Layout.from_json(read_header(str(root / "delta" / "delta.safetensors"))[1]["darex.layout"])
     layout.check()  # a layout darex wrote passes its own check
+
+
+def test_the_atheris_target_runs_clean():
+    # python_tests/fuzz_apply.py: a short run in CI keeps the target working; longer runs by hand.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "fuzz_apply.py", "-runs=300", "-max_len=512", "-len_control=0", "-seed=1"],
+                          cwd=here, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Done 300 runs" in done.stderr
