@@ -65,6 +65,21 @@ inline void with_inverse_q(int64_t s, int64_t count, int64_t row_len, const acc_
   });
 }
 
+// Calls span(start, words, length, inv) over [0, n) in parallel: the mask words of each piece
+// and the 1/q of its row (or the scalar 1/q), as prune_ and dare share them.
+template <typename acc_t, typename F>
+void for_each_scaled_span(int64_t seed, int64_t offset, int64_t n, int64_t row_len,
+                          const std::optional<at::Tensor>& q_rows, double q, const F& span) {
+  const acc_t* qr = q_rows ? q_rows->data_ptr<acc_t>() : nullptr;
+  const acc_t inv = inverse_q<acc_t>(static_cast<acc_t>(q));
+  for_each_word_chunk(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
+                      [&](int64_t s, int64_t count, const uint32_t* u) {
+                        with_inverse_q<acc_t>(s, count, row_len, qr, inv, [&](int64_t j, int64_t len, acc_t iv) {
+                          span(s + j, u + j, len, iv);
+                        });
+                      });
+}
+
 void prune_cpu(at::Tensor& delta, double p, int64_t seed, int64_t offset,
                const std::optional<at::Tensor>& q_rows, double q) {
   TORCH_CHECK(delta.device().is_cpu(), "delta must be a CPU tensor");
@@ -76,15 +91,10 @@ void prune_cpu(at::Tensor& delta, double p, int64_t seed, int64_t offset,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_prune_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
     scalar_t* x = work.data_ptr<scalar_t>();
-    const acc_t* qr = q_rows ? q_rows->data_ptr<acc_t>() : nullptr;
-    const acc_t inv = inverse_q<acc_t>(static_cast<acc_t>(q));
-    for_each_word_chunk(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
-                        [&](int64_t s, int64_t count, const uint32_t* u) {
-                          with_inverse_q<acc_t>(s, count, row_len, qr, inv,
-                                                [&](int64_t j, int64_t len, acc_t iv) {
-                                                  DAREX_ISA_CALL(prune_span, x + s + j, u + j, len, thr, iv);
-                                                });
-                        });
+    for_each_scaled_span<acc_t>(seed, offset, n, row_len, q_rows, q,
+                                [&](int64_t i, const uint32_t* u, int64_t len, acc_t iv) {
+                                  DAREX_ISA_CALL(prune_span, x + i, u, len, thr, iv);
+                                });
   });
   if (!work.is_same(delta)) delta.copy_(work);
 }
@@ -105,16 +115,10 @@ void dare_out_cpu(const at::Tensor& finetuned, const at::Tensor& base, double p,
     const scalar_t* f = ft.data_ptr<scalar_t>();
     const scalar_t* b = bs.data_ptr<scalar_t>();
     scalar_t* o = dst.data_ptr<scalar_t>();
-    const acc_t* qr = q_rows ? q_rows->data_ptr<acc_t>() : nullptr;
-    const acc_t inv = inverse_q<acc_t>(static_cast<acc_t>(q));
-    for_each_word_chunk(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
-                        [&](int64_t s, int64_t count, const uint32_t* u) {
-                          with_inverse_q<acc_t>(s, count, row_len, qr, inv,
-                                                [&](int64_t j, int64_t len, acc_t iv) {
-                                                  DAREX_ISA_CALL(dare_span, f + s + j, b + s + j, o + s + j,
-                                                             u + j, len, thr, iv);
-                                                });
-                        });
+    for_each_scaled_span<acc_t>(seed, offset, n, row_len, q_rows, q,
+                                [&](int64_t i, const uint32_t* u, int64_t len, acc_t iv) {
+                                  DAREX_ISA_CALL(dare_span, f + i, b + i, o + i, u, len, thr, iv);
+                                });
   });
   if (!dst.is_same(out)) out.copy_(dst);
 }

@@ -1,6 +1,8 @@
 // Radix select over a whole tensor, in parallel: a sample-guided select for large tensors, else
 // per-thread histograms of the first digits, then the few candidates left are handed to the
-// serial select (topk_select_rows.h).
+// serial select (topk_select_rows.h). Extra memory is bounded whatever the data: keys are only
+// ever gathered into a buffer of at most about n / 50 of them; ties and crowded digits are
+// counted, never collected.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -18,27 +20,47 @@
 
 namespace darex::cpu::topk {
 
-// Growable key buffer without std::vector's zero-fill, for branch-free compaction.
+// Keys gathered from many threads into one buffer of at most `cap` keys, in no particular order
+// (a select needs only their multiset). Each thread compacts a span of at most kGatherSpan
+// elements into its own staging block, then reserves room here; once the total would pass `cap`
+// the gather has failed and stops. Extra memory: cap + threads * kGatherSpan keys, whatever the
+// data (a buffer that grew with the candidates made mostly-zero tensors cost twice their size).
+constexpr int64_t kGatherSpan = 1 << 14;
+
 template <typename U>
-struct KeyBuffer {
-  std::unique_ptr<U[]> data;
-  int64_t size = 0, capacity = 0;
-  U* grow(int64_t extra) {  // room for `extra` more keys at data + size
-    if (size + extra > capacity) {
-      const int64_t next = std::max(size + extra, 2 * capacity + 4096);
-      std::unique_ptr<U[]> bigger(new U[static_cast<size_t>(next)]);
-      if (size) std::memcpy(bigger.get(), data.get(), static_cast<size_t>(size) * sizeof(U));
-      data = std::move(bigger);
-      capacity = next;
+class Gather {
+ public:
+  explicit Gather(int64_t cap) : cap_(cap), data_(new U[static_cast<size_t>(cap)]) {}
+  // Appends c keys; false once the gather has failed (then the caller stops scanning).
+  bool append(const U* src, int64_t c) {
+    if (failed()) return false;
+    if (c == 0) return true;
+    const int64_t at = size_.fetch_add(c, std::memory_order_relaxed);
+    if (at + c > cap_) {
+      failed_.store(true, std::memory_order_relaxed);
+      return false;
     }
-    return data.get() + size;
+    std::memcpy(data_.get() + at, src, static_cast<size_t>(c) * sizeof(U));
+    return true;
   }
+  bool failed() const { return failed_.load(std::memory_order_relaxed); }
+  // Valid after the parallel region, when the gather did not fail.
+  int64_t size() const { return size_.load(); }
+  const U* data() const { return data_.get(); }
+
+ private:
+  int64_t cap_;
+  std::unique_ptr<U[]> data_;  // not zero-filled: only the gathered prefix is ever touched
+  std::atomic<int64_t> size_{0};
+  std::atomic<bool> failed_{false};
 };
 
 // Sample-guided select (Floyd-Rivest style) for large tensors: a strided sample of keys brackets
-// the k-th key in [lo, hi]; ONE pass over the tensor counts keys above hi and collects the few
-// in [lo, hi]; the exact radix select then runs on those alone. Returns false (and the caller
-// falls back to full radix passes) when the bracket misses or collects too much.
+// the k-th key in [lo, hi]; ONE pass over the tensor counts the keys above hi, equal to hi and
+// equal to lo, and gathers the few strictly between; the exact radix select then runs on those
+// alone. Ties at either end of the bracket are only counted, so a tensor of few distinct values
+// (all zeros, a mostly-zero delta) gathers nothing. Returns false (and the caller falls back to
+// full radix passes) when the bracket misses or would gather more than spread-out data would.
 template <typename Keys, typename U = decltype(std::declval<Keys>().key(0))>
 bool select_by_sample(const Keys& keys, int64_t n, int64_t k, Selection<U>& result) {
   constexpr int64_t kSample = 1 << 16;
@@ -53,68 +75,122 @@ bool select_by_sample(const Keys& keys, int64_t n, int64_t k, Selection<U>& resu
   const int64_t r_hi = static_cast<int64_t>(r - margin), r_lo = static_cast<int64_t>(r + margin);
   const U hi = r_hi < 0 ? static_cast<U>(~U(0)) : sample[static_cast<size_t>(r_hi)];
   const U lo = r_lo >= kSample ? U(0) : sample[static_cast<size_t>(r_lo)];
-  const int64_t cap = n / 16;  // extra memory stays at most 1/16 of the keys
+  sample = std::vector<U>();
   const int threads = at::get_num_threads();
-  std::vector<KeyBuffer<U>> picked(static_cast<size_t>(threads));
-  std::vector<int64_t> above(static_cast<size_t>(threads)), nans(static_cast<size_t>(threads));
-  std::atomic<int64_t> collected{0};
+  // Keys strictly inside the bracket: about (r_lo - r_hi) / kSample of n where the data near the
+  // cut is spread out (fewer with ties, which are only counted); 15% and a span of slack put a
+  // miss over 5 standard deviations away. At most about 2% of n (at k = n / 2), whatever the data.
+  const int64_t width = std::min(r_lo, kSample) - std::max<int64_t>(r_hi, 0);
+  const int64_t cap = static_cast<int64_t>(1.15 * static_cast<double>(width) / kSample * static_cast<double>(n)) +
+                      kGatherSpan;
+  Gather<U> inside(std::min(cap, n));
+  std::vector<int64_t> above(static_cast<size_t>(threads)), at_hi(static_cast<size_t>(threads)),
+      at_lo(static_cast<size_t>(threads)), nans(static_cast<size_t>(threads));
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
     const size_t t = static_cast<size_t>(at::get_thread_num());
-    auto& out = picked[t];
-    int64_t up = 0, bad = 0;
-    const int64_t before = out.size;
-    // Locals, so the compiler need not reload them around push_back's stores.
+    std::unique_ptr<U[]> stage(new U[static_cast<size_t>(kGatherSpan)]);
+    int64_t up = 0, eq_hi = 0, eq_lo = 0, bad = 0;
+    // Locals, so the compiler need not reload them around the staging stores.
     const Keys kk = keys;
     const U top = hi, bottom = lo;
-    // Small blocks: a branch-free loop the compiler vectorizes computes the keys and the
-    // counts; only blocks that hold a candidate (a minority, at 32 keys per block) run the
-    // branch-free scalar compaction into the buffer.
-    constexpr int64_t kBlock = 32;
-    U block[kBlock];
-    for (int64_t s = begin; s < end; s += kBlock) {
-      const int64_t m = std::min(kBlock, end - s);
-      int64_t in = 0;
-      for (int64_t j = 0; j < m; ++j) {
-        const U key = kk.key(s + j);
-        block[j] = key;
-        bad += kk.nan(s + j);
-        up += key > top;
-        in += (key >= bottom) & (key <= top);
+    for (int64_t span = begin; span < end; span += kGatherSpan) {
+      const int64_t span_end = std::min(end, span + kGatherSpan);
+      int64_t staged = 0;
+      // Small blocks: a branch-free loop the compiler vectorizes computes the keys and the
+      // counts; only blocks that hold a candidate (a minority, at 32 keys per block) run the
+      // branch-free scalar compaction into the staging block.
+      constexpr int64_t kBlock = 32;
+      U block[kBlock];
+      for (int64_t s = span; s < span_end; s += kBlock) {
+        const int64_t m = std::min(kBlock, span_end - s);
+        // Block counters as wide as the keys (a block's counts fit): the loop stays in the
+        // keys' vector lanes instead of widening every compare to 64 bits.
+        U b_bad = 0, b_up = 0, b_hi = 0, b_lo = 0, in = 0;
+        for (int64_t j = 0; j < m; ++j) {
+          const U key = kk.key(s + j);
+          block[j] = key;
+          b_bad += kk.nan(s + j);
+          b_up += key > top;
+          b_hi += key == top;
+          b_lo += key == bottom;
+          in += (key > bottom) & (key < top);
+        }
+        bad += b_bad;
+        up += b_up;
+        eq_hi += b_hi;
+        eq_lo += b_lo;
+        if (in == 0) continue;
+        U* dst = stage.get() + staged;
+        int64_t c = 0;
+        for (int64_t j = 0; j < m; ++j) {
+          dst[c] = block[j];
+          c += (block[j] > bottom) & (block[j] < top);
+        }
+        staged += c;
       }
-      if (in == 0) continue;
-      U* dst = out.grow(m);
-      int64_t c = 0;
-      for (int64_t j = 0; j < m; ++j) {
-        dst[c] = block[j];
-        c += (block[j] >= bottom) & (block[j] <= top);
-      }
-      out.size += c;
+      if (!inside.append(stage.get(), staged)) break;  // too many: the result is discarded
     }
     above[t] += up;
+    at_hi[t] += eq_hi;
+    at_lo[t] += eq_lo;
     nans[t] += bad;
-    if ((collected += out.size - before) > cap) out = KeyBuffer<U>();  // result discarded: free early
   });
-  int64_t nan_count = 0, count_above = 0;
-  for (int t = 0; t < threads; ++t) {
-    nan_count += nans[static_cast<size_t>(t)];
-    count_above += above[static_cast<size_t>(t)];
+  if (inside.failed()) return false;  // NaN, if any, is raised by the fallback's first pass
+  int64_t nan_count = 0, count_above = 0, count_hi = 0, count_lo = 0;
+  for (size_t t = 0; t < static_cast<size_t>(threads); ++t) {
+    nan_count += nans[t];
+    count_above += above[t];
+    count_hi += at_hi[t];
+    count_lo += at_lo[t];
   }
   raise_on_nan<U>(nan_count);
-  if (collected.load() > cap) return false;
-  std::vector<U> all;
-  all.reserve(static_cast<size_t>(collected.load()));
-  for (auto& v : picked) all.insert(all.end(), v.data.get(), v.data.get() + v.size);
-  const int64_t need = k - count_above;  // to be taken among the collected keys
-  if (need < 1 || need > static_cast<int64_t>(all.size())) return false;
-  int64_t no_nans = 0;
-  const Selection<U> inner = select_serial(CollectedKeys<U>{all.data()}, static_cast<int64_t>(all.size()), need, no_nans);
-  result = {inner.threshold, k - inner.need_eq, inner.need_eq};
+  if (lo == hi) count_lo = 0;  // one group, counted as the ties at hi
+  // The k-th key is among: count_hi keys == hi, then the gathered ones, then count_lo == lo.
+  int64_t need = k - count_above;
+  if (need < 1) return false;
+  if (need <= count_hi) {
+    result = {hi, count_above, need};
+    return true;
+  }
+  need -= count_hi;
+  const int64_t gathered = inside.size();
+  if (need <= gathered) {
+    int64_t no_nans = 0;
+    const Selection<U> inner = select_serial(CollectedKeys<U>{inside.data()}, gathered, need, no_nans);
+    result = {inner.threshold, k - inner.need_eq, inner.need_eq};
+    return true;
+  }
+  need -= gathered;
+  if (need > count_lo) return false;
+  result = {lo, k - need, need};
   return true;
 }
 
-// Parallel radix select over a whole tensor. Pass 0 histograms everything; pass 1 then copies
-// the keys that share the chosen top digit into a small buffer (when they are few, as for any
-// spread-out data) so the remaining passes never touch the tensor again.
+// Keys whose fixed prefix after `passes` passes equals `prefix`, gathered in parallel into
+// exactly `count` (their number, from the histograms) slots.
+template <typename Keys, typename U = decltype(std::declval<Keys>().key(0))>
+void gather_prefix(const Keys& keys, int64_t n, int passes, U prefix, Gather<U>& out) {
+  const U mask = radix_prefix_mask<U>(passes);
+  at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
+    std::unique_ptr<U[]> stage(new U[static_cast<size_t>(kGatherSpan)]);
+    const Keys kk = keys;
+    for (int64_t span = begin; span < end; span += kGatherSpan) {
+      const int64_t span_end = std::min(end, span + kGatherSpan);
+      int64_t staged = 0;
+      for (int64_t i = span; i < span_end; ++i) {
+        const U key = kk.key(i);
+        stage[static_cast<size_t>(staged)] = key;
+        staged += (key & mask) == prefix;
+      }
+      if (!out.append(stage.get(), staged)) break;
+    }
+  });
+  TORCH_INTERNAL_ASSERT(!out.failed(), "radix select: more candidates than counted");
+}
+
+// Parallel radix select over a whole tensor. Pass 0 histograms everything; pass 1 then gathers
+// the keys that share the chosen top digit into a small buffer (when they are at most n / 64)
+// so the remaining passes never touch the tensor again.
 template <typename Keys, typename U = decltype(std::declval<Keys>().key(0))>
 Selection<U> select_parallel(const Keys& keys, int64_t n, int64_t k) {
   constexpr int64_t kGrain = 1 << 16;
@@ -128,25 +204,16 @@ Selection<U> select_parallel(const Keys& keys, int64_t n, int64_t k) {
     Histogram total;
     total.fill(0);
     if (pass == 1) {
-      // Candidates of the current prefix: exactly `candidates` keys.
+      // Candidates of the current prefix: exactly `candidates` keys. Gathered only when few
+      // (as for any spread-out data), so the extra memory stays a small fraction of the tensor.
       int64_t candidates = 0;
       for (const auto& h : local) candidates += h[radix_digit<U>(prefix, 0)];
-      if (candidates <= n / 16) {
-        std::vector<std::vector<U>> picked(static_cast<size_t>(threads));
-        const U mask = radix_prefix_mask<U>(1);
-        at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-          auto& out = picked[static_cast<size_t>(at::get_thread_num())];
-          for (int64_t i = begin; i < end; ++i) {
-            const U key = keys.key(i);
-            if ((key & mask) == prefix) out.push_back(key);
-          }
-        });
-        std::vector<U> all;
-        all.reserve(static_cast<size_t>(candidates));
-        for (auto& v : picked) all.insert(all.end(), v.begin(), v.end());
+      if (candidates <= n / 64) {
+        Gather<U> picked(candidates);
+        gather_prefix(keys, n, 1, prefix, picked);
         int64_t no_nans = 0;
-        const Selection<U> rest = select_serial(CollectedKeys<U>{all.data()}, static_cast<int64_t>(all.size()),
-                                                remaining, no_nans, 1, prefix);
+        const Selection<U> rest =
+            select_serial(CollectedKeys<U>{picked.data()}, candidates, remaining, no_nans, 1, prefix);
         return {rest.threshold, k - rest.need_eq, rest.need_eq};
       }
     }

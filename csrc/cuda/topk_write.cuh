@@ -2,6 +2,9 @@
 // the keys equal to K are taken, the tensor is cut into fixed chunks, keys == K are counted per
 // chunk and scanned, and only the chunk where the running count crosses `need_eq` ranks its ties
 // element by element (lower index wins). select_whole runs a whole-tensor select and this write.
+// Extra device memory, whatever the data (all zeros, few values, ties): the 2049 select counters
+// and two int64 per chunk (a chunk is at least 4096 elements, at most kMaxChunks chunks), so at
+// most n / 256 bytes and 16 MiB; ties are counted per chunk, never gathered.
 #pragma once
 
 #include <ATen/core/Tensor.h>
