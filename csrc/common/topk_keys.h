@@ -50,29 +50,28 @@ DAREX_HD_INLINE acc_t wanda_score(acc_t x, acc_t a) {
 
 // The scores themselves, read as raw bits (U: the dtype's storage bits, see ScoreBits).
 // Largest is a bool, or std::true_type / std::false_type to fix the direction at compile time
-// (the CPU kernel does, so its key loops need no per-element select).
-template <typename U_, typename Largest = bool>
+// (the CPU kernel does, so its key loops need no per-element select). The NaN exponent mask is
+// a compile-time constant of the dtype, so the key loops keep it in an immediate.
+template <typename scalar_t, typename Largest = bool>
 struct ScoreKeys {
-  using U = U_;
+  using U = typename ScoreBits<scalar_t>::U;
   const U* bits;
-  U exp_mask;
   Largest largest;
-  DAREX_HD_INLINE ScoreKeys row(int64_t r, int64_t cols) const { return {bits + r * cols, exp_mask, largest}; }
+  DAREX_HD_INLINE ScoreKeys row(int64_t r, int64_t cols) const { return {bits + r * cols, largest}; }
   DAREX_HD_INLINE U key(int64_t i) const { return radix_key<U>(bits[i], largest); }
-  DAREX_HD_INLINE bool nan(int64_t i) const { return is_nan_bits<U>(bits[i], exp_mask); }
+  DAREX_HD_INLINE bool nan(int64_t i) const { return is_nan_bits<U>(bits[i], ScoreBits<scalar_t>::kExp); }
 };
 
 // |x|: the sign bit cleared, largest first (magnitude pruning).
-template <typename U_>
+template <typename scalar_t>
 struct AbsKeys {
-  using U = U_;
+  using U = typename ScoreBits<scalar_t>::U;
   const U* bits;
-  U exp_mask;
-  DAREX_HD_INLINE AbsKeys row(int64_t r, int64_t cols) const { return {bits + r * cols, exp_mask}; }
+  DAREX_HD_INLINE AbsKeys row(int64_t r, int64_t cols) const { return {bits + r * cols}; }
   DAREX_HD_INLINE U key(int64_t i) const {
     return radix_key<U>(static_cast<U>(bits[i] & static_cast<U>(~RadixTraits<U>::kSign)), true);
   }
-  DAREX_HD_INLINE bool nan(int64_t i) const { return is_nan_bits<U>(bits[i], exp_mask); }
+  DAREX_HD_INLINE bool nan(int64_t i) const { return is_nan_bits<U>(bits[i], ScoreBits<scalar_t>::kExp); }
 };
 
 // WANDA scores of a [rows, cols] delta, largest first; element j of a row view is column j.

@@ -66,7 +66,7 @@ at::Tensor topk_mask_cpu(const at::Tensor& scores, int64_t k, bool largest, bool
     using U = typename ScoreBits<scalar_t>::U;
     const U* bits = reinterpret_cast<const U*>(x.data_ptr<scalar_t>());
     const auto run = [&](auto largest_tag) {
-      const ScoreKeys<U, decltype(largest_tag)> keys{bits, ScoreBits<scalar_t>::kExp, largest_tag};
+      const ScoreKeys<scalar_t, decltype(largest_tag)> keys{bits, largest_tag};
       select_and_write(
           rows, cols, k, per_row, [&](int64_t r) { return keys.row(r, cols); },
           [&](int64_t r) { bool* out = m + r * cols; return [out](int64_t i, bool s) { out[i] = s; }; });
@@ -85,9 +85,8 @@ at::Tensor topk_threshold_cpu(const at::Tensor& scores, int64_t k, bool largest)
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_topk_threshold_cpu", [&] {
     using U = typename ScoreBits<scalar_t>::U;
     const U* raw = reinterpret_cast<const U*>(x.data_ptr<scalar_t>());
-    constexpr U kExp = ScoreBits<scalar_t>::kExp;
-    const Selection<U> sel = largest ? select_parallel(ScoreKeys<U, std::true_type>{raw, kExp, {}}, x.numel(), k)
-                                     : select_parallel(ScoreKeys<U, std::false_type>{raw, kExp, {}}, x.numel(), k);
+    const Selection<U> sel = largest ? select_parallel(ScoreKeys<scalar_t, std::true_type>{raw, {}}, x.numel(), k)
+                                     : select_parallel(ScoreKeys<scalar_t, std::false_type>{raw, {}}, x.numel(), k);
     const U bits = radix_key_bits<U>(sel.threshold, largest);
     scalar_t value;
     static_assert(sizeof(value) == sizeof(bits));
@@ -132,7 +131,7 @@ void magnitude_prune_cpu(at::Tensor& delta, int64_t keep, bool per_row, std::opt
     const auto inv = inverse_of<acc_of<scalar_t>>(q);
     check_no_nan<scalar_t>(work);
     scalar_t* x = work.data_ptr<scalar_t>();
-    const AbsKeys<U> keys{reinterpret_cast<const U*>(x), ScoreBits<scalar_t>::kExp};
+    const AbsKeys<scalar_t> keys{reinterpret_cast<const U*>(x)};
     with_prune_writer<scalar_t>(x, cols, inv, [&](const auto& make_writer) {
       select_and_write(rows, cols, keep, per_row, [&](int64_t r) { return keys.row(r, cols); }, make_writer);
     });

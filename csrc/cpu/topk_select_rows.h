@@ -14,6 +14,10 @@
 #include "../common/radix_key.h"
 
 namespace darex::cpu::topk {
+// Internal linkage: these phases are included by topk_kernel.cpp alone, and GCC inlines and
+// specializes them there as it did when they were one file (named linkage cost the per-row
+// select 5-10%).
+namespace {
 
 template <typename U>
 struct Selection {
@@ -85,12 +89,9 @@ struct CollectedKeys {
 };
 
 // Keys a serial select may copy out (see select_serial): few enough to pay for the copy (n / 8),
-// and at most n / 64 or a few pages, so a long row costs a small fraction of itself whatever
+// and at most a few pages or n / 64, so a long row costs a small fraction of itself whatever
 // its data (rows of a typical weight, up to 2^17 columns, stay under the fixed floor).
-inline bool worth_copying(int64_t candidates, int64_t n) {
-  constexpr int64_t kSmallCopy = 1 << 14;
-  return candidates > 0 && candidates <= n / 8 && (candidates <= n / 64 || candidates <= kSmallCopy);
-}
+constexpr int64_t kSmallCopy = 1 << 14;
 
 // Serial radix select of the k largest keys among [0, n), 1 <= k <= n. Passes from
 // `first_pass` on, with `prefix` already fixed by earlier passes. After the first pass the keys
@@ -106,7 +107,8 @@ Selection<U> select_serial(const Keys& keys, int64_t n, int64_t k, int64_t& nans
     if (nans) return {};
     take_digit<U>(hist, pass, prefix, remaining);
     const int64_t candidates = hist[radix_digit<U>(prefix, pass)];
-    if (pass + 1 < radix_passes<U>() && worth_copying(candidates, n)) {
+    if (pass + 1 < radix_passes<U>() && candidates <= n / 8 && candidates > 0 &&
+        (candidates <= kSmallCopy || candidates <= n / 64)) {
       std::vector<U> picked;
       picked.reserve(static_cast<size_t>(candidates));
       const U mask = radix_prefix_mask<U>(pass + 1);
@@ -123,4 +125,5 @@ Selection<U> select_serial(const Keys& keys, int64_t n, int64_t k, int64_t& nans
   return {prefix, k - remaining, remaining};
 }
 
+}  // namespace
 }  // namespace darex::cpu::topk

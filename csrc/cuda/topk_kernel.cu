@@ -91,7 +91,7 @@ at::Tensor topk_mask_cuda(const at::Tensor& scores, int64_t k, bool largest, boo
   const MaskWriter w{mask.data_ptr<bool>()};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_topk_mask_cuda", [&] {
     using U = typename ScoreBits<scalar_t>::U;
-    const ScoreKeys<U> keys{reinterpret_cast<const U*>(x.data_ptr<scalar_t>()), ScoreBits<scalar_t>::kExp, largest};
+    const ScoreKeys<scalar_t> keys{reinterpret_cast<const U*>(x.data_ptr<scalar_t>()), largest};
     if (per_row) {
       select_rows(keys, w, rows, cols, k, kNanSpan, ctx);
     } else {
@@ -111,7 +111,7 @@ at::Tensor topk_threshold_cuda(const at::Tensor& scores, int64_t k, bool largest
   double* r = result.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_topk_threshold_cuda", [&] {
     using U = typename ScoreBits<scalar_t>::U;
-    const ScoreKeys<U> keys{reinterpret_cast<const U*>(x.data_ptr<scalar_t>()), ScoreBits<scalar_t>::kExp, largest};
+    const ScoreKeys<scalar_t> keys{reinterpret_cast<const U*>(x.data_ptr<scalar_t>()), largest};
     const Cut<U> cut = radix_select(keys, x.numel(), k, /*exact=*/true, ctx);
     const U bits = radix_key_bits<U>(cut.threshold, largest);
     scalar_t value;
@@ -137,7 +137,7 @@ void magnitude_prune_cuda(at::Tensor& delta, int64_t keep, bool per_row, std::op
     if (n == 0) return;
     const Ctx ctx = make_ctx(work);
     scalar_t* x = work.data_ptr<scalar_t>();
-    const AbsKeys<U> keys{reinterpret_cast<const U*>(x), ScoreBits<scalar_t>::kExp};
+    const AbsKeys<scalar_t> keys{reinterpret_cast<const U*>(x)};
     const PruneWriter<scalar_t> w = prune_writer<scalar_t>(x, inv);
     if (per_row) {
       select_rows(keys, w, rows, cols, keep, kNanSpan, ctx);
