@@ -31,7 +31,6 @@ import gc
 import json
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 import darex_ext
-from darex_ext.apps.bench_cases import DTYPES, BenchError, dtype_name, itemsize
+from darex_ext.apps.bench_cases import DTYPES, BenchError, Timings, dtype_name, itemsize
 # Private helpers of _bench_memory (VmHWM reset and reads): reused as they are, wrapped below
 # because its child process (_run_child/_child_main) only knows the prune_/dare methods.
 from darex_ext.apps.bench_memory import cuda_extra_peak, extra_peak_of, hwm_resettable
@@ -118,21 +117,13 @@ class Case:
 
 
 @dataclasses.dataclass
-class Result:
+class Result(Timings):
     case: Case
     method: str
     times_s: list[float]
     extra_peak_bytes: int | None = None
     ratios: dict[str, float] = dataclasses.field(default_factory=dict)  # baseline time / this time
     copy_fraction: float | None = None  # the copy's best time / this best time, same case
-
-    @property
-    def best_s(self) -> float:
-        return min(self.times_s)
-
-    @property
-    def median_s(self) -> float:
-        return statistics.median(self.times_s)
 
 
 class Workspace:

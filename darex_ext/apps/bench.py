@@ -15,7 +15,6 @@ import datetime
 import os
 import platform
 import shlex
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ import torch
 import darex_ext
 from darex_ext import reference
 
-from .bench_cases import (CEILING, DTYPES, OPS, SEED, TORCH, BenchError, Method, Workspace, bind,
+from .bench_cases import (CEILING, DTYPES, OPS, SEED, TORCH, BenchError, Method, Timings, Workspace, bind,
                            dtype_name, itemsize, methods, traffic_bytes)
 from .bench_memory import cpu_extra_peaks, cuda_extra_peak
 
@@ -37,7 +36,7 @@ MiB = 1 << 20
 
 
 @dataclasses.dataclass
-class Row:
+class Row(Timings):
     method: Method
     dtype: torch.dtype
     numel: int
@@ -46,14 +45,6 @@ class Row:
     extra_peak_bytes: int | None = None
     speedup: float | None = None  # PyTorch way's time / this time, same op, dtype and p
     ceiling_fraction: float | None = None  # GB/s / ceiling's GB/s, same dtype
-
-    @property
-    def best_s(self) -> float:
-        return min(self.times_s)
-
-    @property
-    def median_s(self) -> float:
-        return statistics.median(self.times_s)
 
     @property
     def elems_per_s(self) -> float:

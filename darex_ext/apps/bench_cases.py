@@ -7,13 +7,14 @@ exactly the same code.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from collections.abc import Callable, Sequence
 
 import torch
 
 import darex_ext
 
-__all__ = ["BenchError", "Method", "Workspace", "methods", "bind", "traffic_bytes", "DTYPES",
+__all__ = ["Timings", "BenchError", "Method", "Workspace", "methods", "bind", "traffic_bytes", "DTYPES",
            "OPS", "FUSED", "TORCH", "CEILING", "SEED", "dtype_name", "itemsize"]
 
 DTYPES = {
@@ -25,6 +26,20 @@ DTYPES = {
 OPS = ("prune_", "dare")
 FUSED, TORCH, CEILING = "fused", "torch", "ceiling"
 SEED = 1234
+
+
+class Timings:
+    """best_s / median_s of a result's `times_s` (seconds of each timed call)."""
+
+    times_s: list[float]
+
+    @property
+    def best_s(self) -> float:
+        return min(self.times_s)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
 
 
 class BenchError(RuntimeError):
