@@ -18,6 +18,13 @@ from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
+# The one default list of CUDA targets; CMakeLists.txt reads this line (keep it one literal).
+# Machine code for T4 (7.5), A100/A10/RTX 30-40 (8.0 runs on 8.6/8.9), H100/H200 (9.0),
+# B200/GB200 (10.0, runs on 10.3) and RTX 50 / RTX PRO (12.0), plus compute_120 PTX that the driver
+# compiles for anything newer: without PTX a new GPU gets "no kernel image is available".
+# torch 2.14's CUDA 13 wheels cover the same GPUs (their list adds 8.6); nvcc 13 starts at 7.5.
+DEFAULT_CUDA_ARCH_LIST = "7.5;8.0;9.0;10.0;12.0+PTX"
+
 
 def _version() -> str:
     text = open(os.path.join(ROOT, "darex_ext", "_version.py"), encoding="utf-8").read()
@@ -62,7 +69,7 @@ def build_extension():
     extra = {"cxx": cxx}
     ext_cls = cpp_extension.CppExtension
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         define_macros.append(("DAREX_WITH_CUDA", "1"))
         extra["nvcc"] = ["-O3", "--fmad=false", "-lineinfo",

@@ -1,9 +1,11 @@
 // Launch policy shared by the darex CUDA kernels: one thread per Philox block (4 elements),
-// grid-stride loops with a grid sized to fill every SM a few times over.
+// grid-stride loops with 64-bit indices, and a grid of at most one wave: as many blocks as can be
+// resident at once, which the kernel's own register and shared-memory use decides.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "../common/philox.h"
@@ -11,11 +13,42 @@
 namespace darex::cuda {
 
 constexpr int kThreads = 256;
+// Upper bound on resident blocks per SM: 8 x 256 = 2048 threads, the most any SM holds. The
+// occupancy API below lowers it per kernel; a grid of more blocks than fit at once leaves a
+// nearly idle second wave (a 40-register kernel fits 6 blocks of 256, not 8).
 constexpr int kBlocksPerSm = 8;
 constexpr int kElemsPerThread = 4;  // one Philox block of words per loop iteration
 
 int sm_count(int device);
 
+// Resident blocks per SM of `kernel` launched with `threads` threads and `dynamic_smem` bytes on
+// `device` (cudaOccupancyMaxActiveBlocksPerMultiprocessor), at least 1, at most kBlocksPerSm.
+// Cached per (kernel, device, threads, smem): after the first call a launch costs one lookup.
+int max_active_blocks(const void* kernel, int device, int threads, size_t dynamic_smem);
+
+// Blocks the whole GPU runs at once: the grid cap of a grid-stride kernel.
+template <typename... Args>
+int occupancy_cap(void (*kernel)(Args...), int device, int threads = kThreads, size_t dynamic_smem = 0) {
+  return sm_count(device) *
+         max_active_blocks(reinterpret_cast<const void*>(kernel), device, threads, dynamic_smem);
+}
+
+// Grid for a grid-stride kernel with `items` work items of one thread each: one block per
+// `threads` items, at most one wave (occupancy_cap), at least 1. The kernel loops with 64-bit
+// indices and stride gridDim.x * blockDim.x, so any `items` is covered.
+//   auto* k = seeded_blocks_kernel<Op>;
+//   k<<<occupancy_grid(k, blocks, device), kThreads, 0, stream>>>(op, seed, offset, blocks);
+template <typename... Args>
+int occupancy_grid(void (*kernel)(Args...), uint64_t items, int device, int threads = kThreads,
+                   size_t dynamic_smem = 0) {
+  const uint64_t t = static_cast<uint64_t>(threads);
+  const uint64_t needed = items / t + (items % t != 0);
+  const uint64_t cap = static_cast<uint64_t>(occupancy_cap(kernel, device, threads, dynamic_smem));
+  return static_cast<int>(needed < cap ? (needed > 0 ? needed : 1) : cap);
+}
+
+// Legacy policy (kBlocksPerSm blocks per SM whatever the kernel): kept until every call site
+// passes its kernel to occupancy_grid / occupancy_cap.
 inline int grid_for(uint64_t philox_blocks, int device) {
   const uint64_t needed = (philox_blocks + kThreads - 1) / kThreads;
   const uint64_t cap = static_cast<uint64_t>(sm_count(device)) * kBlocksPerSm;
