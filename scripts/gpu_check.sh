@@ -57,7 +57,15 @@ N=$((1 << 28))  # elements per benchmark tensor: 1 GiB in fp32, several times th
 
 # ---- the GPU job's command lines (printed, not run, by the dry run) --------------------------
 
-build_cmd=(env TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 DAREX_FORCE_CUDA=1
+# The system gcc/g++, not the compiler the interpreter was built with: on the H200 image Python's
+# sysconfig names /opt/gcc, whose g++ links a .so that does not share the system libstdc++ that
+# torch uses, and then every C++ exception a darex op throws (a TORCH_CHECK on a bad argument)
+# crashes Python with a segfault. Found and fixed on the first GPU run, 2026-11-29.
+toolchain=()
+if command -v gcc >/dev/null && command -v g++ >/dev/null; then
+  toolchain=(CC=gcc CXX=g++ "LDSHARED=gcc -shared" "LDCXXSHARED=g++ -shared")
+fi
+build_cmd=(env "${toolchain[@]}" TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 DAREX_FORCE_CUDA=1
            "$PY" -m pip install --no-build-isolation --no-deps --no-index --disable-pip-version-check
            -v -e .)
 # Every CUDA test: in ops/ and storage/ everything but the [cpu] parametrizations that CI runs
@@ -205,6 +213,13 @@ import darex_ext
 from darex_ext.ops import _library
 info = darex_ext.build_info()
 print(f"darex_ext {darex_ext.__version__}: {info}\n  _C: {_library._C.__file__}")
+# A kernel's argument check must reach Python as an exception (a build whose libstdc++ differs
+# from torch's turns every one into a segfault; see the toolchain comment above).
+try:
+    torch.ops.darex.prune_(torch.zeros(3), 2.0, 0, 0, None, 1.0)
+    sys.exit("a bad p passed the kernel's check")
+except ValueError:
+    print("smoke: a kernel's argument check arrives as ValueError")
 if sys.argv[1] == "gpu":
     assert darex_ext.cuda_built(), f"no CUDA kernels in this build: {info}"
     assert info["torch_version"] == torch.__version__, info

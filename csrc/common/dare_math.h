@@ -1,12 +1,14 @@
 // Per-element DARE math, written once for CPU and CUDA so both agree bit for bit.
 // No fast-math: every operation is one IEEE op with round-to-nearest; on the device the
-// explicit __f*_rn intrinsics keep nvcc from contracting a*b+c into an FMA.
+// explicit __f*_rn intrinsics keep nvcc from contracting a*b+c into an FMA. Results reach memory
+// through the *_store functions and add_scaled, which follow convert.h's NaN rule.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 
+#include "convert.h"
 #include "macros.h"
 
 namespace darex {
@@ -103,19 +105,36 @@ DAREX_HD_INLINE acc_t prune_value(acc_t x, acc_t inv_q, bool kept) {
   return kept ? acc_mul(x, inv_q) : acc_t(0);
 }
 
-// dare: base + prune(finetuned - base); dropped -> base (exact), one rounding to the
-// storage type happens in the caller.
+// dare: base + prune(finetuned - base) in the accumulation type; dropped -> base. Stored through
+// dare_store, which copies a dropped base's bits instead of rounding this value.
 template <typename acc_t>
 DAREX_HD_INLINE acc_t dare_value(acc_t finetuned, acc_t base, acc_t inv_q, bool kept) {
   return kept ? acc_add(base, acc_mul(acc_sub(finetuned, base), inv_q)) : base;
 }
 
-// dst + alpha * v in the accumulation type, one rounding to the dtype: the accumulate=True step
-// of every storage scatter (alpha is already in the accumulation type).
+// prune_ / structural / seeded_pack element as stored: kept -> x * (1/q) rounded once (NaN ->
+// canonical), dropped -> +0.0. Written as one value through to_storage so CPU loops vectorize.
+template <typename scalar_t, typename acc_t>
+DAREX_HD_INLINE scalar_t prune_store(scalar_t x, acc_t inv, bool kept) {
+  return to_storage<scalar_t>(prune_value(static_cast<acc_t>(x), inv, kept));
+}
+
+// dare element as stored: kept -> base + (ft - base) * (1/q) rounded once (NaN -> canonical),
+// dropped -> base's own bits (a copy: a NaN base keeps its payload and sign). The kept value is
+// computed either way and the bits selected, so CPU loops stay branch-free.
+template <typename scalar_t, typename acc_t>
+DAREX_HD_INLINE scalar_t dare_store(scalar_t finetuned, scalar_t base, acc_t inv, bool kept) {
+  const scalar_t computed =
+      to_storage<scalar_t>(dare_value(static_cast<acc_t>(finetuned), static_cast<acc_t>(base), inv, true));
+  return from_bits<scalar_t>(kept ? to_bits(computed) : to_bits(base));
+}
+
+// dst + alpha * v in the accumulation type, one rounding to the dtype (NaN -> canonical): the
+// accumulate=True step of every storage scatter (alpha is already in the accumulation type).
 template <typename scalar_t>
 DAREX_HD_INLINE scalar_t add_scaled(scalar_t dst, scalar_t v, acc_of<scalar_t> alpha) {
   using acc_t = acc_of<scalar_t>;
-  return static_cast<scalar_t>(acc_add(static_cast<acc_t>(dst), acc_mul(alpha, static_cast<acc_t>(v))));
+  return to_storage<scalar_t>(acc_add(static_cast<acc_t>(dst), acc_mul(alpha, static_cast<acc_t>(v))));
 }
 
 }  // namespace darex

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "../common/abs_sum.h"
 #include "../common/dare_math.h"
 #include "../ops/prune_args.h"
 #include "philox_fill.h"
@@ -138,7 +139,14 @@ at::Tensor keep_mask_cpu(const at::Tensor& like, double p, int64_t seed, int64_t
   return mask;
 }
 
-// Per-block partial sums reduced in a fixed order, so the result is independent of threads.
+// Lane tree of common/abs_sum.h: lanes[0] becomes the chunk's sum.
+inline void lane_tree(double* lanes) {
+  for (int64_t s = kAbsSumLanes / 2; s > 0; s /= 2)
+    for (int64_t j = 0; j < s; ++j) lanes[j] += lanes[j + s];
+}
+
+// The sums in the fixed order of common/abs_sum.h: chunks in parallel, lanes within a chunk,
+// then the chunk sums in index order, so no thread count changes a bit.
 at::Tensor kept_abs_sum_cpu(const at::Tensor& delta, double p, int64_t seed, int64_t offset) {
   TORCH_CHECK(delta.device().is_cpu(), "delta must be a CPU tensor");
   check_prune_args(delta, p, offset, std::nullopt, 1.0);
@@ -147,35 +155,45 @@ at::Tensor kept_abs_sum_cpu(const at::Tensor& delta, double p, int64_t seed, int
   if (n == 0) return result;
   const at::Tensor x = delta.contiguous();
   const uint32_t thr = drop_threshold(p);
-  const int64_t blocks = (n + kWords - 1) / kWords;
-  std::vector<double> kept(static_cast<size_t>(blocks)), total(static_cast<size_t>(blocks));
+  const int64_t chunks = (n + kAbsSumChunk - 1) / kAbsSumChunk;
+  std::vector<double> kept(static_cast<size_t>(chunks)), total(static_cast<size_t>(chunks));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_kept_abs_sum_cpu", [&] {
     const scalar_t* v = x.data_ptr<scalar_t>();
-    at::parallel_for(0, blocks, std::max<int64_t>(1, kGrain / kWords), [&](int64_t b0, int64_t b1) {
-      alignas(64) uint32_t words[kWords];
-      for (int64_t blk = b0; blk < b1; ++blk) {
-        const int64_t s = blk * kWords;
-        const int64_t count = std::min(kWords, n - s);
-        philox_fill(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + static_cast<uint64_t>(s), count, words);
-        double k = 0.0, t = 0.0;
-        for (int64_t j = 0; j < count; ++j) {
-          const double a = std::abs(static_cast<double>(v[s + j]));
-          t += a;
-          k += is_kept(words[j], thr) ? a : 0.0;
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      alignas(64) uint32_t words[kAbsSumStep];
+      alignas(64) double lk[kAbsSumLanes], lt[kAbsSumLanes];
+      for (int64_t c = c0; c < c1; ++c) {
+        std::fill(lk, lk + kAbsSumLanes, 0.0);
+        std::fill(lt, lt + kAbsSumLanes, 0.0);
+        const int64_t end = std::min(n, (c + 1) * kAbsSumChunk);
+        for (int64_t s = c * kAbsSumChunk; s < end; s += kAbsSumStep) {
+          const int64_t count = std::min(kAbsSumStep, end - s);
+          philox_fill(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + static_cast<uint64_t>(s), count, words);
+          if (count == kAbsSumStep) {
+            DAREX_ISA_CALL(abs_sum_step, v + s, words, thr, lk, lt);
+            continue;
+          }
+          for (int64_t r = 0; r < count; ++r) {  // the tensor's last, partial step
+            const double a = std::abs(static_cast<double>(v[s + r]));
+            lt[r / kAbsSumGroup] += a;
+            lk[r / kAbsSumGroup] += is_kept(words[r], thr) ? a : 0.0;
+          }
         }
-        kept[static_cast<size_t>(blk)] = k;
-        total[static_cast<size_t>(blk)] = t;
+        lane_tree(lk);
+        lane_tree(lt);
+        kept[static_cast<size_t>(c)] = lk[0];
+        total[static_cast<size_t>(c)] = lt[0];
       }
     });
   });
   double k = 0.0, t = 0.0;
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    k += kept[static_cast<size_t>(blk)];
-    t += total[static_cast<size_t>(blk)];
+  for (int64_t c = 0; c < chunks; ++c) {
+    k += kept[static_cast<size_t>(c)];
+    t += total[static_cast<size_t>(c)];
   }
   double* r = result.data_ptr<double>();
-  r[0] = k;
-  r[1] = t;
+  r[0] = to_storage<double>(k);
+  r[1] = to_storage<double>(t);
   return result;
 }
 

@@ -1,8 +1,9 @@
 // Decode / add loops over packed masks. The AVX-512 path handles a 64-bit mask word as four
 // 16-lane groups (eight for fp64): expand the group's values into the flagged lanes, masked
 // load / add / masked store of the destination. Every lane op is one IEEE op (the multiply and
-// the add are separate instructions, as in add_scaled), and bf16 rounding
-// is c10's round-to-nearest-even done in integer lanes, so both paths agree bit for bit.
+// the add are separate instructions, as in add_scaled), a NaN sum becomes the canonical NaN
+// (common/convert.h), and bf16 rounding is c10's round-to-nearest-even done in integer lanes, so
+// both paths agree bit for bit.
 #include "isa.h"  // first: its GCC 12 workaround must precede the intrinsic headers
 
 #include "scatter_bits.h"
@@ -113,7 +114,21 @@ DAREX_AVX512 inline __m256i low_halves(__m512i x) {
   return _mm512_castsi512_si256(_mm512_permutexvar_epi16(idx, x));
 }
 
-// c10::BFloat16's round_to_nearest_even: NaN -> 0x7FC0, else (u + 0x7FFF + lsb) >> 16.
+// dst + alpha * v with a NaN sum made canonical, as add_scaled.
+DAREX_AVX512 inline __m512 add_scaled_ps(__m512 d, __m512 a, __m512 v) {
+  const __m512 sum = _mm512_add_ps(d, _mm512_mul_ps(a, v));
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sum, sum, _CMP_UNORD_Q), sum,
+                              _mm512_set1_ps(canonical_nan_acc<float>()));
+}
+
+DAREX_AVX512 inline __m512d add_scaled_pd(__m512d d, __m512d a, __m512d v) {
+  const __m512d sum = _mm512_add_pd(d, _mm512_mul_pd(a, v));
+  return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(sum, sum, _CMP_UNORD_Q), sum,
+                              _mm512_set1_pd(canonical_nan_acc<double>()));
+}
+
+// c10::BFloat16's round_to_nearest_even: NaN -> 0x7FC0 (the canonical NaN), else
+// (u + 0x7FFF + lsb) >> 16.
 DAREX_AVX512 inline __m256i ps_to_bf16(__m512 f) {
   const __m512i u = _mm512_castps_si512(f);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
@@ -157,10 +172,10 @@ DAREX_AVX512 int64_t scatter_f32(const uint8_t* bits, int64_t nbits, const float
       if (accumulate) {
         if (lo + 16 * g + 16 <= nbits) {
           const __m512 b = _mm512_loadu_ps(d);
-          _mm512_storeu_ps(d, _mm512_mask_blend_ps(mk, b, _mm512_add_ps(b, _mm512_mul_ps(a, v))));
+          _mm512_storeu_ps(d, _mm512_mask_blend_ps(mk, b, add_scaled_ps(b, a, v)));
         } else {
           const __m512 b = _mm512_maskz_loadu_ps(mk, d);
-          _mm512_mask_storeu_ps(d, mk, _mm512_add_ps(b, _mm512_mul_ps(a, v)));
+          _mm512_mask_storeu_ps(d, mk, add_scaled_ps(b, a, v));
         }
       } else {
         _mm512_mask_storeu_ps(d, live16(nbits - lo - 16 * g), v);
@@ -226,7 +241,7 @@ DAREX_AVX512 int64_t scatter_f64(const uint8_t* bits, int64_t nbits, const doubl
       s += c;
       if (accumulate) {
         const __m512d b = _mm512_maskz_loadu_pd(mk, d);
-        _mm512_mask_storeu_pd(d, mk, _mm512_add_pd(b, _mm512_mul_pd(a, v)));
+        _mm512_mask_storeu_pd(d, mk, add_scaled_pd(b, a, v));
       } else {
         const int64_t left = nbits - lo - 8 * g;
         const __mmask8 live = left >= 8 ? __mmask8(0xFF) : static_cast<__mmask8>((1u << left) - 1u);

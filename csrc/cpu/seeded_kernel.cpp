@@ -42,7 +42,7 @@ at::Tensor seeded_pack_cpu(const at::Tensor& delta, double p, int64_t seed, int6
             row = e / row_len;
             inv = inverse_q<acc_t>(qr[row]);
           }
-          dst[k] = static_cast<scalar_t>(prune_value(static_cast<acc_t>(src[e]), inv, true));
+          dst[k] = prune_store(src[e], inv, true);
         });
       }
     });

@@ -51,7 +51,7 @@ void run_spans(scalar_t* x, const bool* keep, int64_t begin, int64_t end, const 
     if (keep[j]) {
       DAREX_ISA_CALL(scale_span, run, s.inner, inv);
     } else {
-      std::fill(run, run + s.inner, static_cast<scalar_t>(acc_t(0)));
+      std::fill(run, run + s.inner, storage_zero<scalar_t>());
     }
     if (++j == s.slices) j = 0;
   }

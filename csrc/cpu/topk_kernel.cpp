@@ -98,16 +98,16 @@ at::Tensor topk_threshold_cpu(const at::Tensor& scores, int64_t k, bool largest)
   return result;
 }
 
-// Kept entries scaled by 1/q (when q is given), dropped ones set to 0; branch-free selects.
+// Kept entries scaled by 1/q (when q is given; computed, common/convert.h) or left as they are
+// (their bits copied), dropped ones set to +0; branch-free selects on the bits.
 template <typename scalar_t, bool kScale>
 struct PruneWriter {
   using acc_t = acc_of<scalar_t>;
   scalar_t* x;
   acc_t inv;
   void operator()(int64_t i, bool keep) const {
-    const acc_t v = static_cast<acc_t>(x[i]);
-    const acc_t kept = kScale ? prune_value(v, inv, true) : v;
-    x[i] = static_cast<scalar_t>(keep ? kept : acc_t(0));
+    const scalar_t kept = kScale ? prune_store(x[i], inv, true) : x[i];
+    x[i] = from_bits<scalar_t>(keep ? to_bits(kept) : bits_of<scalar_t>(0));
   }
 };
 

@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(kThreads) bitmask_scatter_kernel(scalar_t* out
       if (accumulate) {
         if (kept) dst[j] = add_scaled(dst[j], values[k++], alpha);
       } else {
-        dst[j] = kept ? values[k++] : static_cast<scalar_t>(0);
+        dst[j] = kept ? values[k++] : storage_zero<scalar_t>();
       }
     }
   }
@@ -100,7 +100,7 @@ std::pair<at::Tensor, at::Tensor> nonzero_bytes_cuda(const at::Tensor& x, int64_
   if (rows * bpr == 0) return {bm, counts};
   const int device = x.get_device();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_nonzero_bytes_cuda", [&] {
-    nonzero_bytes_kernel<scalar_t><<<grid_for_items(rows * bpr, device), kThreads, 0, stream_of(device)>>>(
+    nonzero_bytes_kernel<scalar_t><<<grid_for_items(nonzero_bytes_kernel<scalar_t>, rows * bpr, device), kThreads, 0, stream_of(device)>>>(
         x.data_ptr<scalar_t>(), rows, cols, bpr, bm.data_ptr<uint8_t>(), counts.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -122,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bitmask_pack_cuda(const at::Tenso
   const int device = dense.get_device();
   if (total > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_bitmask_pack_cuda", [&] {
-      bitmask_values_kernel<scalar_t><<<grid_for_items(v.rows * bpr, device), kThreads, 0, stream_of(device)>>>(
+      bitmask_values_kernel<scalar_t><<<grid_for_items(bitmask_values_kernel<scalar_t>, v.rows * bpr, device), kThreads, 0, stream_of(device)>>>(
           x.data_ptr<scalar_t>(), v.rows, v.cols, bpr, bm.data_ptr<uint8_t>(), starts.data_ptr<int64_t>(),
           values.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -147,7 +147,7 @@ void bitmask_scatter_cuda(at::Tensor& out, const at::Tensor& values, const at::T
   at::Tensor counts = at::empty({bytes}, out.options().dtype(at::kLong));
   at::Tensor dirty = at::zeros({1}, out.options().dtype(at::kInt));
   if (bytes > 0) {
-    byte_counts_kernel<<<grid_for_items(bytes, device), kThreads, 0, stream_of(device)>>>(
+    byte_counts_kernel<<<grid_for_items(byte_counts_kernel, bytes, device), kThreads, 0, stream_of(device)>>>(
         bm.data_ptr<uint8_t>(), bytes, bpr, padding_bits(v.cols), counts.data_ptr<int64_t>(),
         dirty.data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -166,7 +166,7 @@ void bitmask_scatter_cuda(at::Tensor& out, const at::Tensor& values, const at::T
   const at::Tensor vals = values.contiguous();
   at::Tensor work = out.is_contiguous() ? out : out.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_bitmask_scatter_cuda", [&] {
-    bitmask_scatter_kernel<scalar_t><<<grid_for_items(bytes, device), kThreads, 0, stream_of(device)>>>(
+    bitmask_scatter_kernel<scalar_t><<<grid_for_items(bitmask_scatter_kernel<scalar_t>, bytes, device), kThreads, 0, stream_of(device)>>>(
         work.data_ptr<scalar_t>(), v.rows, v.cols, bpr, bm.data_ptr<uint8_t>(), starts.data_ptr<int64_t>(),
         vals.data_ptr<scalar_t>(), static_cast<acc_of<scalar_t>>(alpha), accumulate);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

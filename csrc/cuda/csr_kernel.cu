@@ -100,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_pack_cuda(const at::Tensor& d
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_csr_pack_cuda", [&] {
       dispatch_column_type(col.scalar_type(), [&](auto tag) {
         using index_t = decltype(tag);
-        csr_values_kernel<scalar_t, index_t><<<grid_for_items(v.rows * bpr, device), kThreads, 0,
+        csr_values_kernel<scalar_t, index_t><<<grid_for_items(csr_values_kernel<scalar_t, index_t>, v.rows * bpr, device), kThreads, 0,
                                                stream_of(device)>>>(
             x.data_ptr<scalar_t>(), v.rows, v.cols, bpr, bm.data_ptr<uint8_t>(), starts.data_ptr<int64_t>(),
             static_cast<index_t*>(col.data_ptr()), values.data_ptr<scalar_t>());
@@ -131,7 +131,7 @@ void csr_scatter_cuda(at::Tensor& out, const at::Tensor& crow, const at::Tensor&
   at::Tensor first_bad = at::full({1}, -1, out.options().dtype(at::kLong));  // as unsigned: max
   dispatch_column_type(ci.scalar_type(), [&](auto tag) {
     using index_t = decltype(tag);
-    csr_check_kernel<index_t><<<grid_for_items(nnz, device), kThreads, 0, stream_of(device)>>>(
+    csr_check_kernel<index_t><<<grid_for_items(csr_check_kernel<index_t>, nnz, device), kThreads, 0, stream_of(device)>>>(
         cr.data_ptr<int64_t>(), v.rows, v.cols, static_cast<const index_t*>(ci.data_ptr()), nnz,
         reinterpret_cast<unsigned long long*>(first_bad.data_ptr<int64_t>()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -145,7 +145,7 @@ void csr_scatter_cuda(at::Tensor& out, const at::Tensor& crow, const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_csr_scatter_cuda", [&] {
     dispatch_column_type(ci.scalar_type(), [&](auto tag) {
       using index_t = decltype(tag);
-      csr_scatter_kernel<scalar_t, index_t><<<grid_for_items(nnz, device), kThreads, 0, stream_of(device)>>>(
+      csr_scatter_kernel<scalar_t, index_t><<<grid_for_items(csr_scatter_kernel<scalar_t, index_t>, nnz, device), kThreads, 0, stream_of(device)>>>(
           work.data_ptr<scalar_t>(), cr.data_ptr<int64_t>(), v.rows, v.cols,
           static_cast<const index_t*>(ci.data_ptr()), vals.data_ptr<scalar_t>(), nnz,
           static_cast<acc_of<scalar_t>>(alpha), accumulate);

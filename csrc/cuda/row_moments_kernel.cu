@@ -72,11 +72,11 @@ std::tuple<at::Tensor, at::Tensor> row_moments_cuda(const at::Tensor& delta, con
   const at::Tensor xc = x.contiguous();
   const at::Tensor bc = bias.has_value() ? bias->contiguous() : at::Tensor();
   const int device = delta.get_device();
-  const int64_t cap = static_cast<int64_t>(sm_count(device)) * kBlocksPerSm;
-  const int grid = static_cast<int>(std::min<int64_t>(rows, cap));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "darex_row_moments_cuda", [&] {
-    row_moments_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+    auto* kernel = row_moments_kernel<scalar_t>;
+    const int grid = static_cast<int>(std::min<int64_t>(rows, occupancy_cap(kernel, device)));
+    kernel<<<grid, kThreads, 0, stream>>>(
         d.data_ptr<scalar_t>(), xc.data_ptr<double>(), bc.defined() ? bc.data_ptr<double>() : nullptr, rows,
         cols, s.data_ptr<double>(), q.data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -44,7 +44,7 @@ __global__ void __launch_bounds__(kThreads) seeded_pack_kernel(const scalar_t* x
       m &= m - 1;
       const int64_t e = w * kWord + j;
       const acc_t inv = q_rows == nullptr ? inv_scalar : inverse_q<acc_t>(q_rows[e / row_len]);
-      values[k++] = static_cast<scalar_t>(prune_value(static_cast<acc_t>(x[e]), inv, true));
+      values[k++] = prune_store(x[e], inv, true);
     }
   }
 }
@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(kThreads) seeded_scatter_kernel(scalar_t* out,
       if (accumulate) {
         if (kept) out[first + j] = add_scaled(out[first + j], values[k++], alpha);
       } else {
-        out[first + j] = kept ? values[k++] : static_cast<scalar_t>(0);
+        out[first + j] = kept ? values[k++] : storage_zero<scalar_t>();
       }
     }
   }
@@ -87,7 +87,7 @@ KeepWords keep_words(const at::Tensor& like, double p, int64_t seed, int64_t off
   kw.bits = at::empty({words}, like.options().dtype(at::kInt));
   at::Tensor counts = at::empty({words}, like.options().dtype(at::kLong));
   if (words > 0) {
-    keep_words_kernel<<<grid_for_items(words, device), kThreads, 0, stream_of(device)>>>(
+    keep_words_kernel<<<grid_for_items(keep_words_kernel, words, device), kThreads, 0, stream_of(device)>>>(
         static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n, drop_threshold(p),
         reinterpret_cast<uint32_t*>(kw.bits.data_ptr<int32_t>()), counts.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -111,7 +111,7 @@ at::Tensor seeded_pack_cuda(const at::Tensor& delta, double p, int64_t seed, int
   const int device = delta.get_device();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_seeded_pack_cuda", [&] {
     using acc_t = acc_of<scalar_t>;
-    seeded_pack_kernel<scalar_t, acc_t><<<grid_for_items((n + kWord - 1) / kWord, device), kThreads, 0,
+    seeded_pack_kernel<scalar_t, acc_t><<<grid_for_items(seeded_pack_kernel<scalar_t, acc_t>, (n + kWord - 1) / kWord, device), kThreads, 0,
                                           stream_of(device)>>>(
         x.data_ptr<scalar_t>(), n, reinterpret_cast<const uint32_t*>(kw.bits.data_ptr<int32_t>()),
         kw.starts.data_ptr<int64_t>(), q_rows ? q_rows->data_ptr<acc_t>() : nullptr,
@@ -130,7 +130,7 @@ at::Tensor keep_count_cuda(const at::Tensor& like, double p, int64_t seed, int64
   if (words == 0) return at::zeros({}, like.options().dtype(at::kLong));
   const int device = like.get_device();
   at::Tensor counts = at::empty({words}, like.options().dtype(at::kLong));
-  keep_words_kernel<<<grid_for_items(words, device), kThreads, 0, stream_of(device)>>>(
+  keep_words_kernel<<<grid_for_items(keep_words_kernel, words, device), kThreads, 0, stream_of(device)>>>(
       static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n, drop_threshold(p), nullptr,
       counts.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -154,7 +154,7 @@ void seeded_scatter_cuda(at::Tensor& out, const at::Tensor& values, double p, in
   at::Tensor work = out.is_contiguous() ? out : out.contiguous();
   const int device = out.get_device();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_seeded_scatter_cuda", [&] {
-    seeded_scatter_kernel<scalar_t><<<grid_for_items((n + kWord - 1) / kWord, device), kThreads, 0,
+    seeded_scatter_kernel<scalar_t><<<grid_for_items(seeded_scatter_kernel<scalar_t>, (n + kWord - 1) / kWord, device), kThreads, 0,
                                       stream_of(device)>>>(
         work.data_ptr<scalar_t>(), n, reinterpret_cast<const uint32_t*>(kw.bits.data_ptr<int32_t>()),
         kw.starts.data_ptr<int64_t>(), v.data_ptr<scalar_t>(), static_cast<acc_of<scalar_t>>(alpha),

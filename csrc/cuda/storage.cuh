@@ -27,8 +27,9 @@ namespace darex::cuda {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (items); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
-inline int grid_for_items(int64_t items, int device) {
-  return grid_for(static_cast<uint64_t>(items > 0 ? items : 1), device);
+template <typename... Args>
+int grid_for_items(void (*kernel)(Args...), int64_t items, int device) {
+  return occupancy_grid(kernel, static_cast<uint64_t>(items > 0 ? items : 1), device);
 }
 
 inline cudaStream_t stream_of(int device) { return c10::cuda::getCurrentCUDAStream(device).stream(); }

@@ -1,6 +1,7 @@
 // CUDA kernel of structural DARE: the slice flags come from the keep_mask op (a vector as long
 // as the slice count), then a grid-stride pass maps each element to its slice. Groups whose
-// elements are all dropped are written without being read.
+// elements are all dropped are written without being read. Values go through prune_store
+// (common/dare_math.h), as on the CPU.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -44,11 +45,10 @@ __global__ void __launch_bounds__(kThreads) structural_kernel(scalar_t* x, int64
       if (any) {
         v = *reinterpret_cast<const Vec4<scalar_t>*>(x + i0);
 #pragma unroll
-        for (int w = 0; w < 4; ++w)
-          v.v[w] = static_cast<scalar_t>(prune_value(static_cast<acc_t>(v.v[w]), inv, kept[w]));
+        for (int w = 0; w < 4; ++w) v.v[w] = prune_store(v.v[w], inv, kept[w]);
       } else {
 #pragma unroll
-        for (int w = 0; w < 4; ++w) v.v[w] = static_cast<scalar_t>(acc_t(0));
+        for (int w = 0; w < 4; ++w) v.v[w] = storage_zero<scalar_t>();
       }
       *reinterpret_cast<Vec4<scalar_t>*>(x + i0) = v;
       continue;
@@ -57,8 +57,7 @@ __global__ void __launch_bounds__(kThreads) structural_kernel(scalar_t* x, int64
     for (int w = 0; w < 4; ++w) {
       const int64_t i = i0 + w;
       if (i >= n) break;
-      x[i] = kept[w] ? static_cast<scalar_t>(prune_value(static_cast<acc_t>(x[i]), inv, true))
-                     : static_cast<scalar_t>(acc_t(0));
+      x[i] = kept[w] ? prune_store(x[i], inv, true) : storage_zero<scalar_t>();
     }
   }
 }
@@ -74,11 +73,11 @@ void structural_prune_cuda(at::Tensor& delta, double p, int64_t dim, int64_t see
   at::Tensor work = delta.is_contiguous() ? delta : delta.contiguous();
   const int device = delta.get_device();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
-  const int grid = grid_for(static_cast<uint64_t>((n + 3) / 4), device);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_structural_cuda", [&] {
     using acc_t = acc_of<scalar_t>;
     scalar_t* x = work.data_ptr<scalar_t>();
-    structural_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+    auto* kernel = structural_kernel<scalar_t, acc_t>;
+    kernel<<<occupancy_grid(kernel, static_cast<uint64_t>((n + 3) / 4), device), kThreads, 0, stream>>>(
         x, n, s.inner, s.slices, flags.data_ptr<bool>(), inverse_q<acc_t>(static_cast<acc_t>(q)),
         vec4_aligned<scalar_t>(x, 0));
     C10_CUDA_KERNEL_LAUNCH_CHECK();

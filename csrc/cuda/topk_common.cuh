@@ -98,16 +98,18 @@ inline void raise_on_nan(int64_t nans) {
 
 // Grid of the grid-stride element kernels: enough blocks to fill the GPU, and enough that no
 // block sees 2^31 elements (its 32-bit shared histogram counters stay exact).
-inline int flat_grid(int64_t n, int device) {
+template <typename... Args>
+int flat_grid(void (*kernel)(Args...), int64_t n, int device) {
   const int64_t needed = (n + kTile - 1) / kTile;
-  const int64_t cap = static_cast<int64_t>(sm_count(device)) * kBlocksPerSm;
+  const int64_t cap = occupancy_cap(kernel, device);
   const int64_t g = std::max({std::min(needed, cap), (n >> 31) + 1, int64_t(1)});
   TORCH_CHECK(g <= INT_MAX, "tensor too large for the top-k kernels: ", n, " elements");
   return static_cast<int>(g);
 }
 
-inline int row_grid(int64_t rows, int device) {
-  const int64_t cap = static_cast<int64_t>(sm_count(device)) * kBlocksPerSm;
+template <typename... Args>
+int row_grid(void (*kernel)(Args...), int64_t rows, int device) {
+  const int64_t cap = occupancy_cap(kernel, device);
   return static_cast<int>(std::max<int64_t>(1, std::min(rows, cap)));
 }
 
@@ -117,7 +119,7 @@ template <typename Keys>
 void check_nan(const Keys& keys, int64_t n, int64_t cols, const Ctx& ctx) {
   ull* counter = ctx.nan_counter();
   C10_CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(ull), ctx.stream));
-  nan_count_kernel<<<row_grid((n + cols - 1) / cols, ctx.device), kThreads, 0, ctx.stream>>>(
+  nan_count_kernel<Keys><<<row_grid(nan_count_kernel<Keys>, (n + cols - 1) / cols, ctx.device), kThreads, 0, ctx.stream>>>(
       keys, n, cols, counter);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   ull nans = 0;
@@ -128,7 +130,7 @@ void check_nan(const Keys& keys, int64_t n, int64_t cols, const Ctx& ctx) {
 template <typename Writer>
 void fill(const Writer& w, int64_t n, bool selected, const Ctx& ctx) {
   if (selected && !w.writes_kept()) return;
-  fill_kernel<<<flat_grid(n, ctx.device), kThreads, 0, ctx.stream>>>(w, n, selected);
+  fill_kernel<Writer><<<flat_grid(fill_kernel<Writer>, n, ctx.device), kThreads, 0, ctx.stream>>>(w, n, selected);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

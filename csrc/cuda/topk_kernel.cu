@@ -47,8 +47,9 @@ struct MaskWriter {
   __device__ __forceinline__ void write(int64_t i, bool selected) const { out[i] = selected; }
 };
 
-// Kept entries scaled by 1/q (when given), dropped ones set to exactly 0. Reads x[i] only
-// for the element it writes, so it is safe on the tensor the keys are read from.
+// Kept entries scaled by 1/q (when given; prune_store, as on the CPU) or left untouched, dropped
+// ones set to +0. Reads x[i] only for the element it writes, so it is safe on the tensor the
+// keys are read from.
 template <typename scalar_t>
 struct PruneWriter {
   using acc_t = acc_of<scalar_t>;
@@ -59,9 +60,9 @@ struct PruneWriter {
   DAREX_HD bool writes_kept() const { return scale; }
   __device__ __forceinline__ void write(int64_t i, bool keep) const {
     if (!keep) {
-      x[i] = static_cast<scalar_t>(acc_t(0));
+      x[i] = storage_zero<scalar_t>();
     } else if (scale) {
-      x[i] = static_cast<scalar_t>(prune_value(static_cast<acc_t>(x[i]), inv, true));
+      x[i] = prune_store(x[i], inv, true);
     }
   }
 };

@@ -130,7 +130,7 @@ void select_rows(const Keys& keys, const Writer& w, int64_t rows, int64_t cols, 
     }
     return;
   }
-  row_topk_kernel<<<row_grid(rows, ctx.device), kThreads, 0, ctx.stream>>>(
+  row_topk_kernel<Keys, Writer><<<row_grid(row_topk_kernel<Keys, Writer>, rows, ctx.device), kThreads, 0, ctx.stream>>>(
       keys, w, rows, cols, static_cast<uint32_t>(k));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -57,7 +57,7 @@ template <typename Keys>
 Cut<typename Keys::U> radix_select(const Keys& keys, int64_t n, int64_t k, bool exact, const Ctx& ctx) {
   using U = typename Keys::U;
   const int passes = radix_passes<U>();
-  const int grid = flat_grid(n, ctx.device);
+  const int grid = flat_grid(radix_hist_kernel<Keys>, n, ctx.device);
   std::vector<ull> host(kRadixBins + 1);
   U prefix = 0;
   int64_t remaining = k;

@@ -95,7 +95,7 @@ template <typename Keys, typename Writer>
 void write_cut(const Keys& keys, const Writer& w, int64_t n, const Cut<typename Keys::U>& cut,
                const Ctx& ctx) {
   if (cut.all_eq) {
-    threshold_write_kernel<<<flat_grid(n, ctx.device), kThreads, 0, ctx.stream>>>(keys, w, n,
+    threshold_write_kernel<Keys, Writer><<<flat_grid(threshold_write_kernel<Keys, Writer>, n, ctx.device), kThreads, 0, ctx.stream>>>(keys, w, n,
                                                                                   cut.threshold, true);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;

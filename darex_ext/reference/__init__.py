@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from .bitmask import bitmask_pack, bitmask_scatter, bitmask_unpack
 from .csr import csr_pack, csr_scatter
-from .mask import acc_dtype, drop_threshold, inverse_q, keep_mask, mask_words, philox4x32_10
-from .prune import dare, prune, prune_l1
+from .mask import (acc_dtype, canonical_nan, drop_threshold, inverse_q, keep_mask, mask_words,
+                   philox4x32_10, to_storage)
+from .prune import dare, kept_abs_sum, prune, prune_l1
 from .row_moments import row_moments
 from ._storage import row_view_2d
 from .seeded import keep_count, seeded_pack, seeded_scatter
@@ -20,7 +21,8 @@ from .topk import magnitude_prune, topk_mask, wanda_prune
 
 __all__ = [
     "philox4x32_10", "mask_words", "drop_threshold", "keep_mask", "acc_dtype", "inverse_q",
-    "prune", "dare", "prune_l1", "topk_mask", "magnitude_prune", "wanda_prune", "structural_prune",
-    "row_moments", "row_view_2d", "seeded_pack", "keep_count", "seeded_scatter", "bitmask_pack",
-    "bitmask_unpack", "bitmask_scatter", "csr_pack", "csr_scatter",
+    "canonical_nan", "to_storage", "prune", "dare", "prune_l1", "kept_abs_sum", "topk_mask",
+    "magnitude_prune", "wanda_prune", "structural_prune", "row_moments", "row_view_2d",
+    "seeded_pack", "keep_count", "seeded_scatter", "bitmask_pack", "bitmask_unpack",
+    "bitmask_scatter", "csr_pack", "csr_scatter",
 ]

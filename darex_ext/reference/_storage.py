@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .mask import acc_dtype
+from .mask import acc_dtype, to_storage
 
 __all__ = ["row_view_2d", "add_at"]
 
@@ -17,8 +17,9 @@ def row_view_2d(t: torch.Tensor) -> torch.Tensor:
 
 
 def add_at(out: torch.Tensor, mask: torch.Tensor, dense: torch.Tensor, alpha: float) -> torch.Tensor:
-    # round(out + alpha * v) in the accumulation dtype at kept positions; the rest unchanged.
+    # round(out + alpha * v) in the accumulation dtype at kept positions (NaN -> canonical); the
+    # rest unchanged (bits copied).
     acc = acc_dtype(out.dtype)
     a = torch.tensor(alpha, dtype=acc, device=out.device)
-    summed = (out.to(acc) + a * dense.to(acc)).to(out.dtype)
+    summed = to_storage(out.to(acc) + a * dense.to(acc), out.dtype)
     return torch.where(mask, summed, out)

@@ -1,12 +1,13 @@
 """The mask spec of docs/mask_spec.md in plain PyTorch: Philox4x32-10 in int64 arithmetic, the
-float64 drop threshold, and the numerics every op shares (accumulation dtype, 1/q).
+float64 drop threshold, and the numerics every op shares (accumulation dtype, 1/q, the NaN rule).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["philox4x32_10", "mask_words", "drop_threshold", "keep_mask", "acc_dtype", "inverse_q"]
+__all__ = ["philox4x32_10", "mask_words", "drop_threshold", "keep_mask", "acc_dtype", "inverse_q",
+           "canonical_nan", "to_storage"]
 
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
@@ -72,3 +73,28 @@ def inverse_q(q, dtype: torch.dtype, device=None) -> torch.Tensor:
     acc = acc_dtype(dtype)
     qt = torch.as_tensor(q, dtype=acc, device=device)
     return torch.ones((), dtype=acc, device=device) / qt
+
+
+# The canonical NaN of each dtype (docs/mask_spec.md, "Numerics"): positive, quiet, no payload.
+_CANONICAL_NAN_BITS = {
+    torch.bfloat16: (0x7FC0, torch.int16),
+    torch.float16: (0x7E00, torch.int16),
+    torch.float32: (0x7FC00000, torch.int32),
+    torch.float64: (0x7FF8000000000000, torch.int64),
+}
+
+
+def canonical_nan(dtype: torch.dtype, device=None) -> torch.Tensor:
+    """The 0-d canonical NaN of `dtype`, built from its bits (a conversion could change them)."""
+    bits, int_dtype = _CANONICAL_NAN_BITS[dtype]
+    return torch.tensor(bits, dtype=int_dtype, device=device).view(dtype)
+
+
+def to_storage(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A computed value rounded once to `dtype`, NaN -> the canonical NaN.
+
+    Needed because `.to(dtype)` keeps no rule for NaN: torch's vectorized CPU conversion gives
+    bf16 0xFFFF and fp16 sign | 0x7E00 | payload, its scalar one 0x7FC0, CUDA's 0x7FFF.
+    `torch.where` only selects, so it copies bits.
+    """
+    return torch.where(value.isnan(), canonical_nan(dtype, value.device), value.to(dtype))

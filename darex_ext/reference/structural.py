@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .mask import acc_dtype, inverse_q, keep_mask
+from .mask import acc_dtype, inverse_q, keep_mask, to_storage
 
 __all__ = ["structural_prune"]
 
@@ -18,5 +18,5 @@ def structural_prune(delta: torch.Tensor, p: float, dim: int = 0, q=None, *, see
     shape = [1] * delta.dim()
     shape[dim] = n
     acc = acc_dtype(delta.dtype)
-    scaled = (delta.to(acc) * inverse_q(q, delta.dtype, delta.device)).to(delta.dtype)
+    scaled = to_storage(delta.to(acc) * inverse_q(q, delta.dtype, delta.device), delta.dtype)
     return torch.where(keep.reshape(shape), scaled, torch.zeros((), dtype=delta.dtype, device=delta.device))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .mask import acc_dtype, inverse_q
+from .mask import acc_dtype, inverse_q, to_storage
 
 __all__ = ["topk_mask", "magnitude_prune", "wanda_prune"]
 
@@ -42,5 +42,5 @@ def wanda_prune(delta: torch.Tensor, act_norm: torch.Tensor, p: float, q=None) -
 
 def _keep_scaled(x: torch.Tensor, keep: torch.Tensor, q) -> torch.Tensor:
     if q is not None:
-        x = (x.to(acc_dtype(x.dtype)) * inverse_q(q, x.dtype, x.device)).to(x.dtype)
+        x = to_storage(x.to(acc_dtype(x.dtype)) * inverse_q(q, x.dtype, x.device), x.dtype)
     return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
