@@ -77,7 +77,7 @@ def default_task(quick: bool = False, seed: int = 0) -> _ModelTask:
         cfg = demo_task.DemoConfig(seed=seed, hidden=256, n_train=4096, pretrain_steps=150, finetune_steps=100)
     models = demo_task.build_demo(cfg, with_adamr=False)
     d = models.data
-    return _ModelTask("darex_ext.demo_task (MLP, pretrain A -> fine-tune B)", models.base, models.finetuned,
+    return _ModelTask("darex_ext.apps.demo_task (MLP, pretrain A -> fine-tune B)", models.base, models.finetuned,
                       {"val": (d.x_val, d.y_val), "test": (d.x_test, d.y_test)})
 
 
