@@ -7,8 +7,8 @@
 #include <c10/util/Half.h>
 
 #include <cstdint>
-#include <cstring>
 
+#include "convert.h"
 #include "dare_math.h"
 #include "macros.h"
 #include "radix_key.h"
@@ -21,26 +21,6 @@ template <> struct ScoreBits<float> { using U = uint32_t; static constexpr U kEx
 template <> struct ScoreBits<double> { using U = uint64_t; static constexpr U kExp = 0x7FF0000000000000ull; };
 template <> struct ScoreBits<c10::Half> { using U = uint16_t; static constexpr U kExp = 0x7C00u; };
 template <> struct ScoreBits<c10::BFloat16> { using U = uint16_t; static constexpr U kExp = 0x7F80u; };
-
-// The bit pattern of a value in the accumulation type.
-DAREX_HD_INLINE uint32_t acc_bits(float v) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(v);
-#else
-  uint32_t b;
-  std::memcpy(&b, &v, sizeof b);
-  return b;
-#endif
-}
-DAREX_HD_INLINE uint64_t acc_bits(double v) {
-#if defined(__CUDA_ARCH__)
-  return static_cast<uint64_t>(__double_as_longlong(v));
-#else
-  uint64_t b;
-  std::memcpy(&b, &v, sizeof b);
-  return b;
-#endif
-}
 
 // WANDA score |x| * a in the accumulation type (a: the input feature's activation norm).
 template <typename acc_t>
@@ -83,7 +63,7 @@ struct WandaKeys {
   const acc_t* act;
   DAREX_HD_INLINE WandaKeys row(int64_t r, int64_t cols) const { return {x + r * cols, act}; }
   DAREX_HD_INLINE U score_bits(int64_t j) const {
-    return acc_bits(wanda_score(static_cast<acc_t>(x[j]), act[j]));
+    return to_bits(wanda_score(static_cast<acc_t>(x[j]), act[j]));
   }
   DAREX_HD_INLINE U key(int64_t j) const { return radix_key<U>(score_bits(j), true); }
   DAREX_HD_INLINE bool nan(int64_t j) const { return is_nan_bits<U>(score_bits(j), ScoreBits<acc_t>::kExp); }

@@ -11,8 +11,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
-#include <type_traits>
 
 #include "../common/dare_math.h"
 #include "../ops/structural_args.h"
@@ -22,12 +20,8 @@ namespace darex::cpu {
 // v if keep (0 or 1), else +0.0: an AND with an all-ones or all-zeros mask of v's bits.
 template <typename acc_t>
 inline acc_t keep_or_zero(acc_t v, uint8_t keep) {
-  using bits_t = std::conditional_t<sizeof(acc_t) == 4, uint32_t, uint64_t>;
-  bits_t b;
-  std::memcpy(&b, &v, sizeof b);
-  b &= bits_t(0) - static_cast<bits_t>(keep);
-  std::memcpy(&v, &b, sizeof v);
-  return v;
+  using bits_t = bits_of<acc_t>;
+  return from_bits<acc_t>(to_bits(v) & (bits_t(0) - static_cast<bits_t>(keep)));
 }
 
 }  // namespace darex::cpu
