@@ -10,6 +10,7 @@
 #     bench_prune.md    fused prune_/dare vs the PyTorch way and the copy_ ceiling (header + table)
 #     bench_storage.md  sparse delta encode/decode/add_to_ vs the dense add and the copy ceilings
 #     bench_topk.md     magnitude top-k vs torch.topk / kthvalue / argsort and the copy ceiling
+#     sanitizer.log     compute-sanitizer memcheck and racecheck over scripts/sanitizer_smoke.py
 #     summary.md        one row per step: status, seconds, note (also printed last)
 # Exit status: 0 when every step passed, else 1. A failed test does not stop the benchmarks:
 # device time is scarce, so one call gathers everything it can.
@@ -29,7 +30,7 @@
 # Time: the whole job stays inside GPU_CHECK_BUDGET_S (default 480 s, under the call's 540). Each
 # step runs under `timeout` for its own cap or what is left, whichever is less, keeping a reserve
 # for the steps after it where it can, and is skipped under 20 s. Steps run in order of importance:
-# env, build (~2-4 min), tests, then bench_prune, bench_storage, bench_topk.
+# env, build (~2-4 min), tests, sanitizer, then bench_prune, bench_storage, bench_topk.
 # Environment: OUT (output folder), GPU_CHECK_PYTHON (default python3), GPU_CHECK_BUDGET_S,
 # GPU_CHECK_PRETEND_MISSING (packages to treat as missing, to test the leaving out).
 set -uo pipefail  # no -e: every step records its own status and the job goes on
@@ -74,6 +75,11 @@ build_cmd=(env "${toolchain[@]}" TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 DAREX_FORC
 tests_ops=(python_tests/ops python_tests/storage -k "cuda or not cpu")
 tests_rest=(python_tests --ignore=python_tests/ops --ignore=python_tests/storage -k cuda)
 tests_large=(python_tests/ops/test_large_tensors.py --runslow -k cuda)
+# Every kernel once at a quick size under compute-sanitizer, our kernels only (all of them live
+# in namespace darex::cuda, so their mangled names hold "darex"); torch's are not ours to check.
+sanitizer_smoke=("$PY" scripts/sanitizer_smoke.py --device cuda --dtypes float32,bfloat16)
+sanitizer_tools=(memcheck racecheck)
+sanitizer_opts=(--error-exitcode 1 --print-limit 20 --kernel-name kns=darex)
 bench_prune=("$PY" benchmarks/bench_prune.py --device cuda --numel "$N" --dtypes float32,bfloat16 --markdown)
 bench_storage=("$PY" benchmarks/bench_storage.py --device cuda --size 28 --dtypes float32,bfloat16 --markdown)
 # repeat 3: torch.kthvalue on one 2^28 slice runs in a single block and takes the longest.
@@ -285,6 +291,42 @@ step_tests() {
     pytest_run "${common[@]}" "${tests_large[@]}" ${ignores[@]+"${ignores[@]}"}
 }
 
+# compute-sanitizer may be missing, or refuse the device (a gVisor machine answers "Device not
+# supported"): then the step says so and passes; any error it finds in a darex kernel fails it.
+step_sanitizer() {
+  local tool rc sanitizer log="$OUT/sanitizer.log" ran=()
+  if [ "$mode" = dry ]; then
+    for tool in "${sanitizer_tools[@]}"; do show "" compute-sanitizer --tool "$tool" "${sanitizer_opts[@]}" "${sanitizer_smoke[@]}"; done
+    show " >$log 2>&1" "$PY" scripts/sanitizer_smoke.py --device cpu
+    within "$PY" scripts/sanitizer_smoke.py --device cpu >"$log" 2>&1
+    rc=$?
+    cat "$log"
+    step_note="dry run: the smoke program on the CPU, no sanitizer"
+    return "$rc"
+  fi
+  sanitizer="$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/compute-sanitizer 2>/dev/null)"
+  if [ -z "$sanitizer" ]; then
+    step_note="compute-sanitizer not found"
+    echo "$step_note" | tee "$log"
+    return 0
+  fi
+  : >"$log"
+  for tool in "${sanitizer_tools[@]}"; do
+    show " >>$log 2>&1" "$sanitizer" --tool "$tool" "${sanitizer_opts[@]}" "${sanitizer_smoke[@]}"
+    echo "=== $tool" >>"$log"
+    within "$sanitizer" --tool "$tool" "${sanitizer_opts[@]}" "${sanitizer_smoke[@]}" >>"$log" 2>&1
+    rc=$?
+    tail -n 25 "$log"
+    if grep -q "Device not supported" "$log"; then
+      step_note="compute-sanitizer refused the device"
+      return 0
+    fi
+    ((rc == 0)) || { step_note="$tool: exit $rc (see sanitizer.log)"; return "$rc"; }
+    ran+=("$tool")
+  done
+  step_note="clean: ${ran[*]}"
+}
+
 bench() {  # bench NAME: the GPU command, or in the dry run its tiny CPU stand-in
   local name=$1
   local -n gpu_cmd="bench_$name"
@@ -306,7 +348,7 @@ step_bench_topk() { bench topk; }
 
 main() {
   echo "gpu_check.sh $mode run, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  local later=(tests bench_prune bench_storage bench_topk) s
+  local later=(tests sanitizer bench_prune bench_storage bench_topk) s
   if ! step env 30 0 step_env; then
     for s in build "${later[@]}"; do skip "$s" "the environment check failed"; done
   elif ! step build 300 0 step_build; then
@@ -314,6 +356,7 @@ main() {
   else
     dry_hint=""
     step tests 180 100 step_tests
+    step sanitizer 90 90 step_sanitizer
     # The benchmarks in order of predictability, so the least predictable one cannot starve the
     # others: topk (single-block kthvalue on 2^28 elements) goes last.
     step bench_prune 60 80 step_bench_prune

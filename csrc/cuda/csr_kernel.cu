@@ -1,7 +1,8 @@
 // CUDA kernels of the CSR storage format over the 2-D view. Pack reuses the bitmask kernels'
-// per-byte nonzero bits and counts, then writes column indices and values at scanned
-// positions. Scatter checks crow on the host, then every column index on the device (in range,
-// strictly increasing within its row; the first bad index is reported) before it writes.
+// per-tile nonzero bits and counts, then a warp per tile writes column indices and values at
+// ballot-ranked positions. Scatter checks crow on the host, then a warp per row checks every
+// column index on the device (in range, strictly increasing within its row; the first bad index
+// is reported) before a warp per row writes: no search for a value's row.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/cat.h>
@@ -20,49 +21,49 @@
 
 namespace darex::cuda {
 
-std::pair<at::Tensor, at::Tensor> nonzero_bytes_cuda(const at::Tensor& x, int64_t rows, int64_t cols);
+std::pair<at::Tensor, at::Tensor> nonzero_tiles_cuda(const at::Tensor& x, int64_t rows, int64_t cols);
+at::Tensor row_sums_of_tiles(const at::Tensor& counts, int64_t rows, int64_t tpr);
 
 namespace {
 
 template <typename scalar_t, typename index_t>
-__global__ void __launch_bounds__(kThreads) csr_values_kernel(const scalar_t* x, int64_t rows, int64_t cols,
-                                                               int64_t bpr, const uint8_t* bm,
+__global__ void __launch_bounds__(kThreads) csr_values_kernel(const scalar_t* x, int64_t cols, int64_t bpr,
+                                                               int64_t tpr, int64_t tiles, const uint8_t* bm,
                                                                const int64_t* starts, index_t* col,
                                                                scalar_t* values) {
-  DAREX_GRID_STRIDE(t, rows * bpr) {
-    const int64_t r = t / bpr;
-    const int64_t c0 = 8 * (t - r * bpr);
-    uint32_t m = bm[t];
+  const int lane = lane_id();
+  DAREX_WARP_STRIDE(t, tiles) {
+    const RowTile tile = row_tile(t, tpr);
+    const scalar_t* row = x + tile.row * cols;
     int64_t k = starts[t];
-    while (m != 0) {
-      const int j = __ffs(m) - 1;
-      m &= m - 1;
-      col[k] = static_cast<index_t>(c0 + j);
-      values[k++] = x[r * cols + c0 + j];
+    for (int round = 0; round < kTileRounds; ++round) {
+      const int64_t cb = tile.c0 + round * kWarp;  // the same for the whole warp
+      if (cb >= cols) break;
+      const int64_t c = cb + lane;
+      const uint32_t bit = c < cols ? bitmask_bit(bm, bpr, tile.row, c) : 0u;
+      const uint32_t word = __ballot_sync(kFullMask, bit != 0);
+      if (bit) {
+        const int64_t pos = k + __popc(word & lanes_below());
+        col[pos] = static_cast<index_t>(c);
+        values[pos] = row[c];
+      }
+      k += __popc(word);
     }
   }
 }
 
-// Row of value k: the last r with crow[r] <= k (crow validated: crow[0] = 0 <= k < crow[rows]).
-__device__ __forceinline__ int64_t row_of(const int64_t* crow, int64_t rows, int64_t k) {
-  int64_t lo = 0, hi = rows - 1;
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo + 1) / 2;
-    if (crow[mid] <= k) lo = mid;
-    else hi = mid - 1;
-  }
-  return lo;
-}
-
+// Warp per row; lanes stride over the row's values (crow validated: non-decreasing, in range).
 template <typename index_t>
 __global__ void __launch_bounds__(kThreads) csr_check_kernel(const int64_t* crow, int64_t rows, int64_t cols,
-                                                              const index_t* col, int64_t nnz,
+                                                              const index_t* col,
                                                               unsigned long long* first_bad) {
-  DAREX_GRID_STRIDE(k, nnz) {
-    const int64_t r = row_of(crow, rows, k);
-    const int64_t c = static_cast<int64_t>(col[k]);
-    const bool bad = c < 0 || c >= cols || (k > crow[r] && static_cast<int64_t>(col[k - 1]) >= c);
-    if (bad) atomicMin(first_bad, static_cast<unsigned long long>(k));
+  DAREX_WARP_STRIDE(r, rows) {
+    const int64_t begin = crow[r], end = crow[r + 1];
+    for (int64_t k = begin + lane_id(); k < end; k += kWarp) {
+      const int64_t c = static_cast<int64_t>(col[k]);
+      const bool bad = c < 0 || c >= cols || (k > begin && static_cast<int64_t>(col[k - 1]) >= c);
+      if (bad) atomicMin(first_bad, static_cast<unsigned long long>(k));
+    }
   }
 }
 
@@ -71,13 +72,16 @@ __global__ void __launch_bounds__(kThreads) csr_check_kernel(const int64_t* crow
 template <typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kThreads) csr_scatter_kernel(scalar_t* out, const int64_t* crow, int64_t rows,
                                                                 int64_t cols, const index_t* col,
-                                                                const scalar_t* values, int64_t nnz,
+                                                                const scalar_t* values,
                                                                 acc_of<scalar_t> alpha, bool accumulate) {
-  DAREX_GRID_STRIDE(k, nnz) {
-    const int64_t r = row_of(crow, rows, k);
-    scalar_t* dst = out + r * cols + static_cast<int64_t>(col[k]);
-    if (accumulate) *dst = add_scaled(*dst, values[k], alpha);
-    else *dst = values[k];
+  DAREX_WARP_STRIDE(r, rows) {
+    scalar_t* row = out + r * cols;
+    const int64_t end = crow[r + 1];
+    for (int64_t k = crow[r] + lane_id(); k < end; k += kWarp) {
+      scalar_t* dst = row + static_cast<int64_t>(col[k]);
+      if (accumulate) *dst = add_scaled(*dst, values[k], alpha);
+      else *dst = values[k];
+    }
   }
 }
 
@@ -88,11 +92,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_pack_cuda(const at::Tensor& d
   const RowView v = row_view(dense);
   const int64_t bpr = packed_row_bytes(v.cols);
   const at::Tensor x = dense.contiguous();
-  auto [bm, counts] = nonzero_bytes_cuda(x, v.rows, v.cols);
+  const int64_t tpr = tiles_per_row(v.cols);
+  auto [bm, counts] = nonzero_tiles_cuda(x, v.rows, v.cols);
   auto [starts, total] = exclusive_starts(counts);
   const auto long_opts = dense.options().dtype(at::kLong);
-  const at::Tensor row_counts = v.rows * bpr > 0 ? counts.view({v.rows, bpr}).sum(1) : at::zeros({v.rows}, long_opts);
-  at::Tensor crow = at::cat({at::zeros({1}, long_opts), at::cumsum(row_counts, 0)});
+  at::Tensor crow = at::cat({at::zeros({1}, long_opts), at::cumsum(row_sums_of_tiles(counts, v.rows, tpr), 0)});
   at::Tensor col = at::empty({total}, dense.options().dtype(column_dtype(v.cols)));
   at::Tensor values = at::empty({total}, dense.options());
   const int device = dense.get_device();
@@ -100,10 +104,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_pack_cuda(const at::Tensor& d
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_csr_pack_cuda", [&] {
       dispatch_column_type(col.scalar_type(), [&](auto tag) {
         using index_t = decltype(tag);
-        csr_values_kernel<scalar_t, index_t><<<grid_for_items(csr_values_kernel<scalar_t, index_t>, v.rows * bpr, device), kThreads, 0,
-                                               stream_of(device)>>>(
-            x.data_ptr<scalar_t>(), v.rows, v.cols, bpr, bm.data_ptr<uint8_t>(), starts.data_ptr<int64_t>(),
-            static_cast<index_t*>(col.data_ptr()), values.data_ptr<scalar_t>());
+        auto* kernel = csr_values_kernel<scalar_t, index_t>;
+        kernel<<<grid_for_warps(kernel, v.rows * tpr, device), kThreads, 0, stream_of(device)>>>(
+            x.data_ptr<scalar_t>(), v.cols, bpr, tpr, v.rows * tpr, bm.data_ptr<uint8_t>(),
+            starts.data_ptr<int64_t>(), static_cast<index_t*>(col.data_ptr()), values.data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
@@ -131,8 +135,9 @@ void csr_scatter_cuda(at::Tensor& out, const at::Tensor& crow, const at::Tensor&
   at::Tensor first_bad = at::full({1}, -1, out.options().dtype(at::kLong));  // as unsigned: max
   dispatch_column_type(ci.scalar_type(), [&](auto tag) {
     using index_t = decltype(tag);
-    csr_check_kernel<index_t><<<grid_for_items(csr_check_kernel<index_t>, nnz, device), kThreads, 0, stream_of(device)>>>(
-        cr.data_ptr<int64_t>(), v.rows, v.cols, static_cast<const index_t*>(ci.data_ptr()), nnz,
+    auto* kernel = csr_check_kernel<index_t>;
+    kernel<<<grid_for_warps(kernel, v.rows, device), kThreads, 0, stream_of(device)>>>(
+        cr.data_ptr<int64_t>(), v.rows, v.cols, static_cast<const index_t*>(ci.data_ptr()),
         reinterpret_cast<unsigned long long*>(first_bad.data_ptr<int64_t>()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -145,9 +150,10 @@ void csr_scatter_cuda(at::Tensor& out, const at::Tensor& crow, const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_csr_scatter_cuda", [&] {
     dispatch_column_type(ci.scalar_type(), [&](auto tag) {
       using index_t = decltype(tag);
-      csr_scatter_kernel<scalar_t, index_t><<<grid_for_items(csr_scatter_kernel<scalar_t, index_t>, nnz, device), kThreads, 0, stream_of(device)>>>(
+      auto* kernel = csr_scatter_kernel<scalar_t, index_t>;
+      kernel<<<grid_for_warps(kernel, v.rows, device), kThreads, 0, stream_of(device)>>>(
           work.data_ptr<scalar_t>(), cr.data_ptr<int64_t>(), v.rows, v.cols,
-          static_cast<const index_t*>(ci.data_ptr()), vals.data_ptr<scalar_t>(), nnz,
+          static_cast<const index_t*>(ci.data_ptr()), vals.data_ptr<scalar_t>(),
           static_cast<acc_of<scalar_t>>(alpha), accumulate);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

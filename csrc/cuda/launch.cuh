@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "../common/philox.h"
+#include "../common/row_cursor.h"
 
 namespace darex::cuda {
 
@@ -47,30 +48,27 @@ int occupancy_grid(void (*kernel)(Args...), uint64_t items, int device, int thre
   return static_cast<int>(needed < cap ? (needed > 0 ? needed : 1) : cap);
 }
 
-// Legacy policy (kBlocksPerSm blocks per SM whatever the kernel): kept until every call site
-// passes its kernel to occupancy_grid / occupancy_cap.
-inline int grid_for(uint64_t philox_blocks, int device) {
-  const uint64_t needed = (philox_blocks + kThreads - 1) / kThreads;
-  const uint64_t cap = static_cast<uint64_t>(sm_count(device)) * kBlocksPerSm;
-  return static_cast<int>(needed < cap ? (needed > 0 ? needed : 1) : cap);
-}
-
 // Number of Philox blocks that cover flat indices [offset, offset + n), n > 0.
 inline uint64_t philox_blocks(uint64_t offset, int64_t n) {
   return ((offset + static_cast<uint64_t>(n) - 1) >> 2) - (offset >> 2) + 1;
 }
 
-// Calls op(i0, words) for every Philox block covering [offset, offset + n): i0 is the local
-// index of the block's word 0 (negative for a block that starts before the tensor).
+// Calls op(i0, words, cursor) for every Philox block covering [offset, offset + n): i0 is the
+// local index of the block's word 0 (negative for a block that starts before the tensor), cursor
+// the row of i0 for ops with per-row data (op.row_len > 0; 0 for none), tracked across the
+// grid-stride loop so no element pays a division.
 template <typename Op>
 __global__ void __launch_bounds__(kThreads) seeded_blocks_kernel(Op op, uint64_t seed,
                                                                   uint64_t offset, uint64_t blocks) {
   const uint64_t first = offset >> 2;
   const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
-  for (uint64_t t = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < blocks;
-       t += stride) {
+  uint64_t t = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= blocks) return;
+  RowCursor cursor = RowCursor::at(static_cast<int64_t>(4 * (first + t) - offset), op.row_len);
+  const RowStep step = RowStep::of(static_cast<int64_t>(4 * stride), op.row_len);
+  for (; t < blocks; t += stride, cursor.advance(step)) {
     const uint64_t b = first + t;
-    op(static_cast<int64_t>(4 * b - offset), philox_block(seed, b));
+    op(static_cast<int64_t>(4 * b - offset), philox_block(seed, b), cursor);
   }
 }
 

@@ -26,9 +26,27 @@ template <typename acc_t>
 struct InverseQ {
   const acc_t* q_rows;  // nullptr: one scalar for the whole tensor
   acc_t scalar;
-  int64_t row_len;
-  __device__ __forceinline__ acc_t at(int64_t i) const {
-    return q_rows == nullptr ? scalar : inverse_q<acc_t>(q_rows[i / row_len]);
+  // inv[w] = 1/q for element i0 + w: its row's (cursor at i0) or the scalar. One division per
+  // row met in the group, none for rows outside [0, n).
+  __device__ __forceinline__ void group(const RowCursor& cursor, int64_t i0, int64_t n, acc_t inv[4]) const {
+    if (q_rows == nullptr) {
+#pragma unroll
+      for (int w = 0; w < 4; ++w) inv[w] = scalar;
+      return;
+    }
+    int64_t rows[4];
+    cursor.group_rows(rows);
+    int64_t last = -1;
+    acc_t v = scalar;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const int64_t i = i0 + w;
+      if (i >= 0 && i < n && rows[w] != last) {
+        last = rows[w];
+        v = inverse_q<acc_t>(q_rows[last]);
+      }
+      inv[w] = v;
+    }
   }
 };
 
@@ -43,17 +61,29 @@ struct PruneOp {
   uint32_t thr;
   bool vec;
   InverseQ<acc_t> inv;
-  __device__ __forceinline__ void operator()(int64_t i0, const Philox4& r) const {
-    if (vec && i0 + 4 <= n) {
-      Vec4<scalar_t> v;
-      if (any_kept(r, thr)) {
-        v = *reinterpret_cast<const Vec4<scalar_t>*>(x + i0);
-#pragma unroll
-        for (int w = 0; w < 4; ++w) v.v[w] = prune_store(v.v[w], inv.at(i0 + w), is_kept(r.v[w], thr));
-      } else {
+  int64_t row_len;  // > 0 with per-row q
+  __device__ __forceinline__ void operator()(int64_t i0, const Philox4& r, const RowCursor& cursor) const {
+    if (!any_kept(r, thr)) {  // all four dropped: zeros, nothing read
+      if (vec && i0 + 4 <= n) {
+        Vec4<scalar_t> v;
 #pragma unroll
         for (int w = 0; w < 4; ++w) v.v[w] = storage_zero<scalar_t>();
+        *reinterpret_cast<Vec4<scalar_t>*>(x + i0) = v;
+        return;
       }
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+        const int64_t i = i0 + w;
+        if (i >= 0 && i < n) x[i] = storage_zero<scalar_t>();
+      }
+      return;
+    }
+    acc_t s[4];
+    inv.group(cursor, i0, n, s);
+    if (vec && i0 + 4 <= n) {
+      Vec4<scalar_t> v = *reinterpret_cast<const Vec4<scalar_t>*>(x + i0);
+#pragma unroll
+      for (int w = 0; w < 4; ++w) v.v[w] = prune_store(v.v[w], s[w], is_kept(r.v[w], thr));
       *reinterpret_cast<Vec4<scalar_t>*>(x + i0) = v;
       return;
     }
@@ -61,7 +91,7 @@ struct PruneOp {
     for (int w = 0; w < 4; ++w) {
       const int64_t i = i0 + w;
       if (i < 0 || i >= n) continue;
-      x[i] = prune_store(x[i], inv.at(i), is_kept(r.v[w], thr));
+      x[i] = prune_store(x[i], s[w], is_kept(r.v[w], thr));
     }
   }
 };
@@ -75,14 +105,18 @@ struct DareOp {
   uint32_t thr;
   bool vec;
   InverseQ<acc_t> inv;
-  __device__ __forceinline__ void operator()(int64_t i0, const Philox4& r) const {
+  int64_t row_len;  // > 0 with per-row q
+  __device__ __forceinline__ void operator()(int64_t i0, const Philox4& r, const RowCursor& cursor) const {
+    const bool any = any_kept(r, thr);
+    acc_t s[4];
+    if (any) inv.group(cursor, i0, n, s);
     if (vec && i0 + 4 <= n) {
       const Vec4<scalar_t> b = *reinterpret_cast<const Vec4<scalar_t>*>(base + i0);
       Vec4<scalar_t> o = b;
-      if (any_kept(r, thr)) {
+      if (any) {
         const Vec4<scalar_t> f = *reinterpret_cast<const Vec4<scalar_t>*>(ft + i0);
 #pragma unroll
-        for (int w = 0; w < 4; ++w) o.v[w] = dare_store(f.v[w], b.v[w], inv.at(i0 + w), is_kept(r.v[w], thr));
+        for (int w = 0; w < 4; ++w) o.v[w] = dare_store(f.v[w], b.v[w], s[w], is_kept(r.v[w], thr));
       }
       *reinterpret_cast<Vec4<scalar_t>*>(out + i0) = o;
       return;
@@ -91,7 +125,7 @@ struct DareOp {
     for (int w = 0; w < 4; ++w) {
       const int64_t i = i0 + w;
       if (i < 0 || i >= n) continue;
-      out[i] = dare_store(ft[i], base[i], inv.at(i), is_kept(r.v[w], thr));
+      out[i] = any ? dare_store(ft[i], base[i], s[w], is_kept(r.v[w], thr)) : base[i];
     }
   }
 };
@@ -101,7 +135,8 @@ struct MaskOp {
   int64_t n;
   uint32_t thr;
   bool vec;
-  __device__ __forceinline__ void operator()(int64_t i0, const Philox4& r) const {
+  int64_t row_len = 0;  // no per-row data
+  __device__ __forceinline__ void operator()(int64_t i0, const Philox4& r, const RowCursor&) const {
     if (vec && i0 + 4 <= n) {
       Vec4<bool> v;
 #pragma unroll
@@ -127,9 +162,9 @@ void launch(const Op& op, uint64_t seed, uint64_t offset, int64_t n, int device)
 }
 
 template <typename acc_t>
-InverseQ<acc_t> make_inverse(const std::optional<at::Tensor>& q_rows, double q, int64_t row_len) {
+InverseQ<acc_t> make_inverse(const std::optional<at::Tensor>& q_rows, double q) {
   return InverseQ<acc_t>{q_rows ? q_rows->data_ptr<acc_t>() : nullptr,
-                         inverse_q<acc_t>(static_cast<acc_t>(q)), row_len};
+                         inverse_q<acc_t>(static_cast<acc_t>(q))};
 }
 
 void prune_cuda(at::Tensor& delta, double p, int64_t seed, int64_t offset,
@@ -145,7 +180,7 @@ void prune_cuda(at::Tensor& delta, double p, int64_t seed, int64_t offset,
     scalar_t* x = work.data_ptr<scalar_t>();
     const PruneOp<scalar_t, acc_t> op{x, n, drop_threshold(p),
                                       vec4_aligned<scalar_t>(x, static_cast<uint64_t>(offset)),
-                                      make_inverse<acc_t>(q_rows, q, row_len)};
+                                      make_inverse<acc_t>(q_rows, q), q_rows ? row_len : 0};
     launch(op, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n, delta.get_device());
   });
   if (!work.is_same(delta)) delta.copy_(work);
@@ -171,7 +206,7 @@ void dare_out_cuda(const at::Tensor& finetuned, const at::Tensor& base, double p
     const bool vec = vec4_aligned<scalar_t>(f, off) && vec4_aligned<scalar_t>(b, off) &&
                      vec4_aligned<scalar_t>(o, off);
     const DareOp<scalar_t, acc_t> op{f, b, o, n, drop_threshold(p), vec,
-                                     make_inverse<acc_t>(q_rows, q, row_len)};
+                                     make_inverse<acc_t>(q_rows, q), q_rows ? row_len : 0};
     launch(op, static_cast<uint64_t>(seed), off, n, finetuned.get_device());
   });
   if (!dst.is_same(out)) out.copy_(dst);

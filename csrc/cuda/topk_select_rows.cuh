@@ -1,6 +1,8 @@
 // Per-row select: one CUDA block per row does all digit passes and the ordered write in shared
-// memory; a few very long rows run the whole-tensor path row by row instead, so the GPU stays
-// busy. The NaN count runs first, so nothing is written when a score is NaN.
+// memory; rows of at most kShortRowCols run one warp per row by direct ranking (a block's
+// digit passes, barriers and scans cost far more than 128 elements); a few very long rows run
+// the whole-tensor path row by row instead, so the GPU stays busy. The NaN count runs first, so
+// nothing is written when a score is NaN.
 #pragma once
 
 #include <c10/cuda/CUDAException.h>
@@ -8,6 +10,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../common/radix_key.h"
 #include "topk_common.cuh"
@@ -112,6 +115,55 @@ __global__ void __launch_bounds__(kThreads) row_topk_kernel(Keys keys, Writer w,
   }
 }
 
+constexpr int kShortKeysPerLane = 4;
+constexpr int64_t kShortRowCols = 32 * kShortKeysPerLane;  // rows this short: a warp per row
+
+// Warp shuffles move 32- or 64-bit words; radix keys are 16, 32 or 64 bits wide.
+template <typename U>
+using ShuffleWord = std::conditional_t<(sizeof(U) > 4), unsigned long long, uint32_t>;
+
+// One warp per row (grid-stride over rows), 0 < k < cols <= kShortRowCols. Lane l holds keys
+// l, l + 32, ...; element j is selected iff fewer than k elements beat it, where i beats j when
+// key_i > key_j, or key_i == key_j and i < j: the block kernel's order (ties to the lower
+// index), so both kernels select the same set. Every key is in a register before the first
+// shuffle, and each element is written by the lane that read it: in-place writers are safe.
+template <typename Keys, typename Writer>
+__global__ void __launch_bounds__(kThreads) short_row_topk_kernel(Keys keys, Writer w, int64_t rows,
+                                                                   int64_t cols, uint32_t k) {
+  using U = typename Keys::U;
+  using S = ShuffleWord<U>;
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * blockDim.x / 32;
+  for (int64_t r = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; r < rows; r += warps) {
+    const Keys rk = keys.row(r, cols);
+    const Writer rw = w.row(r, cols);
+    U key[kShortKeysPerLane];
+    uint32_t beaten_by[kShortKeysPerLane];
+#pragma unroll
+    for (int u = 0; u < kShortKeysPerLane; ++u) {
+      const int64_t j = lane + 32 * u;
+      key[u] = j < cols ? rk.key(j) : U(0);
+      beaten_by[u] = 0;
+    }
+#pragma unroll
+    for (int v = 0; v < kShortKeysPerLane; ++v) {  // element i = 32 v + src; bounds uniform over the warp
+      for (int src = 0; src < 32 && 32 * v + src < cols; ++src) {
+        const int64_t i = 32 * v + src;
+        const U other = static_cast<U>(__shfl_sync(0xFFFFFFFFu, static_cast<S>(key[v]), src));
+#pragma unroll
+        for (int u = 0; u < kShortKeysPerLane; ++u) {
+          const int64_t j = lane + 32 * u;
+          beaten_by[u] += (other > key[u] || (other == key[u] && i < j)) ? 1u : 0u;
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kShortKeysPerLane; ++u) {
+      const int64_t j = lane + 32 * u;
+      if (j < cols) rw.write(j, beaten_by[u] < k);
+    }
+  }
+}
 
 // k of each row of `cols`, 0 <= k <= cols, rows * cols > 0. nan_cols: the row length the
 // NaN count may use (any for sources that ignore rows, cols for WANDA).
@@ -128,6 +180,13 @@ void select_rows(const Keys& keys, const Writer& w, int64_t rows, int64_t cols, 
       const Keys rk = keys.row(r, cols);
       write_cut(rk, w.row(r, cols), cols, radix_select(rk, cols, k, /*exact=*/false, ctx), ctx);
     }
+    return;
+  }
+  if (cols <= kShortRowCols) {
+    auto* kernel = short_row_topk_kernel<Keys, Writer>;
+    const int grid = occupancy_grid(kernel, static_cast<uint64_t>(rows) * 32, ctx.device);
+    kernel<<<grid, kThreads, 0, ctx.stream>>>(keys, w, rows, cols, static_cast<uint32_t>(k));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
   row_topk_kernel<Keys, Writer><<<row_grid(row_topk_kernel<Keys, Writer>, rows, ctx.device), kThreads, 0, ctx.stream>>>(

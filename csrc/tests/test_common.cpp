@@ -11,6 +11,7 @@
 #include "common/bitpack.h"
 #include "common/dare_math.h"
 #include "common/philox.h"
+#include "common/row_cursor.h"
 #include "cpu/philox_fill.h"
 
 using darex::Philox4;
@@ -173,6 +174,37 @@ TEST(bitpack_helpers) {
   CHECK_EQ(darex::load_bits(bytes, 8), uint64_t(0xEFCDAB8967452301ull));
   CHECK_EQ(darex::load_bits(bytes, 3), uint64_t(0x452301ull));
   CHECK_EQ(darex::load_bits(bytes, 0), uint64_t(0));
+}
+
+// The CUDA kernels' row tracking against plain division: rows of length 1..9 and a long one,
+// starts before the tensor (-3..-1), steps smaller and larger than a row, row ends inside a
+// group of 4.
+TEST(row_cursor_matches_division) {
+  const auto floor_div = [](int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); };
+  for (int64_t len : {1, 2, 3, 4, 5, 7, 9, 1000003}) {
+    for (int64_t i0 = -3; i0 < 40; ++i0) {
+      for (int64_t step : {0, 1, 4, 6, 128, 1024, 4 * 256 * 132 * 6}) {
+        darex::RowCursor c = darex::RowCursor::at(i0, len);
+        const darex::RowStep s = darex::RowStep::of(step, len);
+        for (int k = 0; k < 50; ++k) {
+          const int64_t at = i0 + k * step;
+          CHECK_EQ(c.row, floor_div(at, len));
+          CHECK_EQ(c.col, at - floor_div(at, len) * len);
+          int64_t rows[4];
+          c.group_rows(rows);
+          for (int w = 0; w < 4; ++w)
+            if (at + w >= 0) CHECK_EQ(rows[w], (at + w) / len);
+          c.advance(s);
+        }
+      }
+    }
+  }
+  darex::RowCursor none = darex::RowCursor::at(17, 0);  // no rows: stays at row 0
+  none.advance(darex::RowStep::of(4096, 0));
+  int64_t rows[4];
+  none.group_rows(rows);
+  CHECK_EQ(none.row, 0);
+  CHECK_EQ(rows[3], 0);
 }
 
 int main() { return darex_test::run_all(); }

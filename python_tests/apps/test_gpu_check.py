@@ -13,8 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
-STEPS = ("env", "build", "tests", "bench_prune", "bench_storage", "bench_topk")
-FILES = {"log", "build.log", "bench_prune.md", "bench_storage.md", "bench_topk.md", "summary.md"}
+STEPS = ("env", "build", "tests", "sanitizer", "bench_prune", "bench_storage", "bench_topk")
+FILES = {"log", "build.log", "sanitizer.log", "bench_prune.md", "bench_storage.md", "bench_topk.md", "summary.md"}
 
 
 def _gpu_check(*args: str, out: Path | None = None, timeout: float = 240,
@@ -75,6 +75,11 @@ def test_dry_run_prints_the_gpu_job_command_lines(dry_run):
         assert "--device cuda" in line and size in line and "float32,bfloat16" in line, line
     # The CUDA test selection was collected here, with the same -k expressions the GPU runs.
     assert "-m pytest" in log and "-k 'cuda or not cpu'" in log and "test_cuda.py" in log
+    # Both sanitizer tools over the smoke program, our kernels only; the smoke itself ran here.
+    for tool in ("memcheck", "racecheck"):
+        line = next(ln for ln in log.splitlines() if f"compute-sanitizer --tool {tool}" in ln)
+        assert "--error-exitcode 1" in line and "kns=darex" in line and "sanitizer_smoke.py --device cuda" in line
+    assert "sanitizer smoke:" in (out / "sanitizer.log").read_text()
 
 
 def test_dry_run_leaves_out_test_modules_whose_imports_are_missing(dry_run):
