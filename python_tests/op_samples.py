@@ -114,6 +114,13 @@ def _structural_prune(device) -> list[Sample]:
     return [Sample((x.clone(), 0.5, 0, 3, 0, 0.5), r, 0), Sample((x.clone(), 0.3, 1, -2, 4, 0.9), r, 0)]
 
 
+def _magnitude_rank_mask(device) -> list[Sample]:
+    r = lambda d, lo, hi, s, o: ref.magnitude_rank_mask(d, lo, hi, seed=s, offset=o)  # noqa: E731
+    x = randn(6, 11, device=device)
+    return [Sample((x, 0.35, 0.65, 3, 0), r), Sample((x.bfloat16(), 0.9, 0.1, -2, 5), r),
+            Sample((randn(1, 33, dtype=torch.float64, device=device), 0.0, 1.0, 7, 0), r)]
+
+
 def _row_moments(device) -> list[Sample]:
     x = randn(6, 11, device=device)
     v = randn(11, dtype=torch.float64, device=device)
@@ -182,6 +189,7 @@ SAMPLES: dict[str, Callable[[str], list[Sample]]] = {
     "topk_mask": _topk_mask, "topk_threshold": _topk_threshold, "magnitude_prune_": _magnitude_prune,
     "wanda_prune_": _wanda_prune,
     "structural_prune_": _structural_prune,
+    "magnitude_rank_mask": _magnitude_rank_mask,
     "row_moments": _row_moments,
     "seeded_pack": _seeded_pack, "keep_count": _keep_count, "seeded_scatter_": _seeded_scatter,
     "bitmask_pack": _bitmask_pack, "bitmask_scatter_": _bitmask_scatter,

@@ -8,7 +8,9 @@ Methods (`PRUNE_METHODS`):
   analytic q from the mean input `x_mean` (2-D tensors only; see `tensor_q`).
 - ``magnitude``: exact top-k by |x| over the tensor; kept scaled by 1/q when q is given.
 - ``wanda``: per output row by |x| * act_norm (2-D with `act_norm`), else magnitude.
-- ``dppa``: magnitude at the tensor's own drop rate (DPPA's dynamic pruning, `drop_rate`).
+- ``dppa``: DPPA's dynamic pruning of one matrix at its own drop rate (`drop_rate`), with the
+  authors' cut (``algorithms.dppa.dppa_keep_mask``: every |x| at or below the int(n * rate)-th
+  smallest is dropped).
 """
 
 from __future__ import annotations
@@ -62,7 +64,9 @@ def prune_tensor(delta: torch.Tensor, method: str, p: float, *, q=None, seed=0, 
         raise ValueError(f"rescale={rescale!r} applies to the random methods {RANDOM_METHODS}")
     if method == "wanda" and act_norm is not None and delta.dim() == 2:
         return wanda_prune_(delta, act_norm.to(delta.device), p, q=q)
-    if method == "dppa" and drop_rate is not None:
-        p = drop_rate
-    # magnitude; wanda without statistics (biases, norms); dppa
+    if method == "dppa":
+        from .dppa import dppa_prune_
+
+        return dppa_prune_(delta, p if drop_rate is None else drop_rate, q=q)
+    # magnitude; wanda without statistics (biases, norms)
     return magnitude_prune_(delta, p, q=q)

@@ -1,15 +1,28 @@
-"""darex_ext inside mergekit: a drop-in `sparsify` and merge methods registered as `darex_*`.
+"""darex_ext inside mergekit (arcee-ai/mergekit 0.1.5): a drop-in `sparsify` and merge methods
+registered as `darex_*`.
 
     import darex_ext.integrations.mergekit as dm
-    dm.install()          # mergekit's own ties/dare_ties/... now sparsify with darex kernels
-    # merge_method: darex_dare_ties | darex_dare_linear | darex_ties | darex_task_arithmetic
+    dm.install()          # mergekit's own ties/dare_ties/breadcrumbs/della/... sparsify with darex
+    # merge_method: darex_ties | darex_task_arithmetic | darex_dare_ties | darex_dare_linear |
+    #   darex_breadcrumbs | darex_breadcrumbs_ties | darex_della | darex_della_linear | darex_sce
     # in a mergekit YAML works once this module is imported (it registers them)
 
-`sparsify` has mergekit's signature and semantics: `density` is the kept fraction, magnitude keeps
-exactly max(1, int(density * n)) entries (ties toward the lower index, no sort), density >= 1
-returns the tensor itself, `rescale_norm` l1/l2/linf rescales the kept entries to the original
-norm. The random mask is darex's seeded one; its seed is drawn from torch's default generator
-(so mergekit's `--random-seed` makes runs reproducible) unless `seed=` is given.
+`sparsify` has `mergekit.sparsify.sparsify`'s signature and semantics for all four methods
+(`algorithms.merge_sparsify`): magnitude keeps exactly max(1, int(density * n)) entries, density
+>= 1 returns the tensor itself, `rescale_norm` l1/l2/linf rescales to the original norm unless a
+norm is below 1e-7, and gradients flow as through mergekit's code. The random masks (random,
+della_magprune) are darex's seeded ones, equal to mergekit's in law; the seed is drawn from
+torch's default generator (so mergekit's `--random-seed` makes runs reproducible) unless `seed=`
+is given.
+
+The `darex_*` methods are mergekit's methods of the same name computed by `algorithms.merge`:
+the same parameters and defaults (weight, density, gamma, epsilon, normalize, rescale, lambda,
+int8_mask; select_topk for sce), the same arithmetic in the same dtype, so the deterministic ones
+give mergekit's bits. Extra parameters: `seed` (the random methods' masks are
+tensor_seed(seed + i, tensor name) for the i-th model in order of str(model id), reproducible
+across runs and worker counts), `consensus` ("sum" or "count"), `accumulate` ("" = the merge
+dtype, as mergekit; "float32" or "float64"), and for DARE `dare_rescale` ("q": 1/density as in
+the DARE paper, "l1", "none"; "" follows `rescale`).
 """
 
 from __future__ import annotations
@@ -20,82 +33,43 @@ from typing import Any
 
 import torch
 
-from ..algorithms.merge import _disjoint, _linear, merge_seed
-from ..algorithms.prune_tensor import prune_tensor
-from ..ops import topk_mask
-from ..seeds import resolve_seed
+from ..algorithms import merge_sparsify
+from ..algorithms.merge import RANDOM_MERGE_METHODS, merge_seed, merge_tensor
 
 __all__ = ["sparsify", "install", "uninstall", "register_methods", "METHOD_NAMES"]
 
-METHOD_NAMES = ("darex_task_arithmetic", "darex_ties", "darex_dare_ties", "darex_dare_linear")
+# darex method name -> (algorithms.merge method, mergekit's default normalize, default rescale)
+_KINDS = {
+    "darex_task_arithmetic": ("task-arithmetic", False, False),
+    "darex_ties": ("ties", True, False),
+    "darex_dare_ties": ("dare-ties", False, True),
+    "darex_dare_linear": ("dare-linear", False, True),
+    "darex_breadcrumbs": ("breadcrumbs", False, False),
+    "darex_breadcrumbs_ties": ("breadcrumbs-ties", False, False),
+    "darex_della": ("della", True, True),
+    "darex_della_linear": ("della-linear", False, True),
+    "darex_sce": ("sce", False, False),
+}
+METHOD_NAMES = tuple(_KINDS)
+_PRETTY = {"task-arithmetic": "Task Arithmetic", "ties": "TIES", "dare-ties": "DARE TIES",
+           "dare-linear": "Linear DARE", "breadcrumbs": "Model Breadcrumbs",
+           "breadcrumbs-ties": "Model Breadcrumbs with TIES", "della": "DELLA", "della-linear": "Linear DELLA",
+           "sce": "SCE"}
+_SIGN_ELECTING = ("ties", "dare-ties", "breadcrumbs-ties", "della")
 _ORIGINAL: dict[str, Any] = {}
-
-
-def _method_name(method) -> str:
-    return getattr(method, "value", method)
-
-
-def _norm_name(norm) -> str | None:
-    return None if norm is None else getattr(norm, "value", norm)
-
-
-def _rescaled(tensor: torch.Tensor, masked: torch.Tensor, norm: str | None, eps: float = 1e-7) -> torch.Tensor:
-    if norm is None:
-        return masked
-    if norm == "l1":
-        before, after = tensor.abs().sum(), masked.abs().sum()
-    elif norm == "l2":
-        before, after = tensor.norm(), masked.norm()
-    elif norm == "linf":
-        before, after = tensor.abs().max(), masked.abs().max()
-    else:
-        raise NotImplementedError(norm)
-    if before < eps or after < eps:
-        return masked
-    return masked * (before / after)
-
-
-def _magnitude(tensor: torch.Tensor, density: float, norm: str | None) -> torch.Tensor:
-    if density >= 1:
-        return tensor
-    if density <= 0 or tensor.numel() == 0:
-        return torch.zeros_like(tensor)
-    k = max(1, int(density * tensor.numel()))
-    mask = topk_mask(tensor.abs(), k)
-    return _rescaled(tensor, tensor * mask, norm)
-
-
-def _random(tensor: torch.Tensor, density: float, norm: str | None, seed) -> torch.Tensor:
-    if density >= 1:
-        return tensor
-    if density <= 0 or tensor.numel() == 0:
-        return torch.zeros_like(tensor)
-    seed = resolve_seed(torch.default_generator if seed is None else seed)
-    out = tensor.detach().clone()
-    if norm == "l1":
-        return prune_tensor(out, "dare", 1.0 - density, seed=seed, rescale="l1")
-    prune_tensor(out, "dare", 1.0 - density, seed=seed, rescale="none")
-    return _rescaled(tensor, out, norm)
 
 
 def sparsify(tensor: torch.Tensor, density: float, method, gamma: float = 0, epsilon: float = 0,
              rescale_norm=None, *, seed: int | None = None) -> torch.Tensor:
-    """mergekit.sparsify.sparsify with darex kernels for "magnitude" and "random"."""
-    name, norm = _method_name(method), _norm_name(rescale_norm)
-    if name == "magnitude":
-        return _magnitude(tensor, float(density), norm)
-    if name == "random":
-        return _random(tensor, float(density), norm, seed)
-    original = _ORIGINAL.get("sparsify")
-    if original is None:
-        from mergekit import sparsify as mk
-
-        original = mk.sparsify
-    return original(tensor, density=density, method=method, gamma=gamma, epsilon=epsilon, rescale_norm=rescale_norm)
+    """mergekit.sparsify.sparsify with darex kernels (magnitude, random, magnitude_outliers,
+    della_magprune); `seed` fixes the random masks."""
+    return merge_sparsify.sparsify(tensor, density, method, gamma=gamma, epsilon=epsilon, rescale=rescale_norm,
+                                   seed=seed)
 
 
 def install() -> None:
-    """Route mergekit's sparsification (and so its ties/dare/breadcrumbs methods) through darex."""
+    """Route mergekit's sparsification (and so its ties/dare/breadcrumbs/della methods) through
+    darex, and register the darex_* methods."""
     import mergekit.merge_methods.generalized_task_arithmetic as gta
     import mergekit.sparsify as mk
 
@@ -108,6 +82,7 @@ def install() -> None:
 
 
 def uninstall() -> None:
+    """Give mergekit its own sparsify back (the darex_* methods stay registered)."""
     import mergekit.merge_methods.generalized_task_arithmetic as gta
     import mergekit.sparsify as mk
 
@@ -116,94 +91,90 @@ def uninstall() -> None:
         gta.sparsify = _ORIGINAL.pop("gta.sparsify")
 
 
+def _parameter_specs(kind: str, normalize: bool, rescale: bool) -> list:
+    from mergekit.merge_methods.base import ParameterScope, ParameterSpec
+
+    shared, non_base = ParameterScope.SHARED, ParameterScope.NON_BASE
+    params = [ParameterSpec("int8_mask", bool, shared, default=False),
+              ParameterSpec("accumulate", str, shared, default="")]
+    if kind == "sce":
+        return params + [ParameterSpec("select_topk", float, shared, default=1.0)]
+    params += [ParameterSpec("normalize", bool, shared, default=normalize),
+               ParameterSpec("rescale", bool, shared, default=rescale),
+               ParameterSpec("lambda", float, shared, default=1.0),
+               ParameterSpec("weight", float, non_base),
+               ParameterSpec("density", float, non_base, default=1.0)]
+    if kind.startswith("breadcrumbs"):
+        params.append(ParameterSpec("gamma", float, non_base, default=0.01))
+    if kind.startswith("della"):
+        params.append(ParameterSpec("epsilon", float, non_base, default=0.15))
+    if kind in _SIGN_ELECTING:
+        params.append(ParameterSpec("consensus", str, shared, default="sum"))
+    if kind in RANDOM_MERGE_METHODS:
+        params.append(ParameterSpec("seed", int, shared, default=0))
+    if kind.startswith("dare"):
+        params.append(ParameterSpec("dare_rescale", str, shared, default=""))
+    return params
+
+
 def _make_method_class():
-    from mergekit.merge_methods.base import (BasePolicy, GroupMergeMethod, InputContract, MergeMethodSpec,
-                                             ParameterScope, ParameterSpec, TensorGroup)
+    from mergekit.merge_methods.base import BasePolicy, GroupMergeMethod, InputContract, MergeMethodSpec, TensorGroup
 
     @dataclass(frozen=True)
     class DarexMerge(GroupMergeMethod):
-        """Task arithmetic / TIES / DARE-TIES / DARE-linear with darex kernels and per-tensor
-        seeds tensor_seed(seed + i, tensor name) for the i-th model in order of str(model id)."""
+        """One of mergekit's generalized task arithmetic methods or SCE, computed by
+        darex_ext.algorithms.merge (see darex_ext.integrations.mergekit)."""
 
-        kind: str            # "task-arithmetic" | "ties" | "dare-ties" | "dare-linear"
         method_name: str
-        pretty_name: str
+        kind: str
         default_normalize: bool
+        default_rescale: bool
 
         @cached_property
         def spec(self) -> MergeMethodSpec:
-            params = [
-                ParameterSpec("normalize", bool, ParameterScope.SHARED, default=self.default_normalize),
-                ParameterSpec("rescale", bool, ParameterScope.SHARED, default=self.kind.startswith("dare")),
-                # DARE rescale: "l1" (mergekit's rescale), "q" (1/(1-density), the DARE paper), "none"
-                ParameterSpec("dare_rescale", str, ParameterScope.SHARED, default=""),
-                ParameterSpec("lambda", float, ParameterScope.SHARED, default=1.0),
-                ParameterSpec("seed", int, ParameterScope.SHARED, default=0),
-                ParameterSpec("weight", float, ParameterScope.NON_BASE),
-                ParameterSpec("density", float, ParameterScope.NON_BASE, default=1.0),
-            ]
-            return MergeMethodSpec(name=self.method_name, pretty_name=self.pretty_name,
-                                   reference_url="https://github.com/darex-ext", parameters=tuple(params),
+            return MergeMethodSpec(name=self.method_name, pretty_name=f"{_PRETTY[self.kind]} (darex)",
+                                   reference_url="https://github.com/arcee-ai/mergekit",
+                                   parameters=tuple(_parameter_specs(self.kind, self.default_normalize,
+                                                                     self.default_rescale)),
                                    contract=InputContract(base=BasePolicy.REQUIRED))
 
         def merge_group(self, group: TensorGroup, /, **parameters: Any) -> torch.Tensor:
             base = group.base.tensor
-            # mergekit's input order is not stable from run to run; the DARE seeds follow the
-            # models' reference strings (their paths) so a merge is reproducible.
-            entries = sorted(group.non_base, key=lambda e: str(e.id))
+            entries = group.non_base
             if not entries:
                 return base
-            acc = torch.float64 if base.dtype == torch.float64 else torch.float32
-            base_acc = base.to(acc)
-            ds = [e.tensor.to(acc) - base_acc for e in entries]
-            weights = [parameters["weight"][e.id] for e in entries]
-            density = [parameters["density"][e.id] for e in entries]
-            name = group.metadata.name or ""
-            if self.kind == "ties":
-                for d, keep in zip(ds, density):
-                    if keep < 1:
-                        prune_tensor(d, "magnitude", 1.0 - max(0.0, keep))
-            elif self.kind.startswith("dare"):
-                mode = parameters["dare_rescale"] or ("l1" if parameters["rescale"] else "none")
-                if mode not in ("l1", "q", "none"):
-                    raise ValueError(f"dare_rescale must be 'l1', 'q' or 'none', got {mode!r}")
-                for i, (d, keep) in enumerate(zip(ds, density)):
-                    if keep >= 1:
-                        continue
-                    if keep <= 0:
-                        d.zero_()
-                        continue
-                    seed = merge_seed(parameters["seed"], i, name)
-                    if mode == "q":
-                        prune_tensor(d, "darex-q", 1.0 - keep, q=keep, seed=seed)
-                    else:
-                        prune_tensor(d, "dare", 1.0 - keep, seed=seed, rescale=mode)
-            for d, w in zip(ds, weights):
-                if w != 1.0:
-                    d.mul_(w)
-            if self.kind in ("ties", "dare-ties"):
-                mixed = _disjoint(ds, weights, normalize=parameters["normalize"], consensus="sum")
-            else:
-                mixed = _linear(ds, weights, normalize=parameters["normalize"])
-            if parameters["lambda"] != 1:
-                mixed.mul_(parameters["lambda"])
-            return (base_acc + mixed).to(base.dtype)  # never in place: base is the caller's
+            common = {"int8_mask": parameters["int8_mask"], "accumulate": parameters["accumulate"] or None}
+            tensors = [e.tensor for e in entries]
+            if self.kind == "sce":
+                return merge_tensor(base, tensors, "sce", density=parameters["select_topk"], **common)
+            per_model = {key: [parameters[key][e.id] for e in entries]
+                         for key in ("weight", "density", "gamma", "epsilon") if key in parameters}
+            rescale = parameters["rescale"]
+            if parameters.get("dare_rescale"):
+                rescale = parameters["dare_rescale"]
+            seeds = None
+            if self.kind in RANDOM_MERGE_METHODS:
+                # Seeds follow the models' reference strings (their paths), not the config order.
+                rank = {i: r for r, i in enumerate(sorted(range(len(entries)), key=lambda i: str(entries[i].id)))}
+                name = group.metadata.name or ""
+                seeds = [merge_seed(parameters["seed"], rank[i], name) for i in range(len(entries))]
+            return merge_tensor(base, tensors, self.kind, weights=per_model["weight"], density=per_model["density"],
+                                gamma=per_model.get("gamma", 0.01), epsilon=per_model.get("epsilon", 0.15),
+                                seeds=seeds, lam=parameters["lambda"], normalize=parameters["normalize"],
+                                rescale=rescale, consensus=parameters.get("consensus"), **common)
 
     return DarexMerge
 
 
 def register_methods() -> None:
-    """Register darex_task_arithmetic, darex_ties, darex_dare_ties, darex_dare_linear (idempotent)."""
+    """Register the darex_* methods with mergekit (idempotent)."""
     from mergekit.merge_methods import registry
 
     have = {m.spec.name for m in registry.registered_methods()}
     cls = _make_method_class()
-    for kind, name, pretty, normalize in (("task-arithmetic", "darex_task_arithmetic", "Task Arithmetic (darex)", False),
-                                          ("ties", "darex_ties", "TIES (darex)", True),
-                                          ("dare-ties", "darex_dare_ties", "DARE TIES (darex)", False),
-                                          ("dare-linear", "darex_dare_linear", "Linear DARE (darex)", False)):
+    for name, (kind, normalize, rescale) in _KINDS.items():
         if name not in have:
-            registry.register(cls(kind, name, pretty, normalize))
+            registry.register(cls(name, kind, normalize, rescale))
 
 
 def _register_if_available() -> None:

@@ -13,6 +13,7 @@ from .csr import csr_pack, csr_scatter
 from .mask import (acc_dtype, canonical_nan, drop_threshold, inverse_q, keep_mask, mask_words,
                    philox4x32_10, to_storage)
 from .prune import dare, kept_abs_sum, prune, prune_l1
+from .rank_mask import magnitude_rank_mask, magnitude_ranks, rank_keep_probability
 from .row_moments import row_moments
 from ._storage import row_view_2d
 from .seeded import keep_count, seeded_pack, seeded_scatter
@@ -24,5 +25,6 @@ __all__ = [
     "canonical_nan", "to_storage", "prune", "dare", "prune_l1", "kept_abs_sum", "topk_mask",
     "magnitude_prune", "wanda_prune", "structural_prune", "row_moments", "row_view_2d",
     "seeded_pack", "keep_count", "seeded_scatter", "bitmask_pack", "bitmask_unpack",
-    "bitmask_scatter", "csr_pack", "csr_scatter",
+    "bitmask_scatter", "csr_pack", "csr_scatter", "magnitude_rank_mask", "magnitude_ranks",
+    "rank_keep_probability",
 ]

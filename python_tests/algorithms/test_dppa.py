@@ -1,4 +1,6 @@
-"""DPPA: densities against a hand-computed example, pruning counts, partitions, the alpha search."""
+"""DPPA, darex's own variants (normalize="block", cut="topk", combine="sum", search="coordinate")
+and what both variants share: densities against a hand-computed example, pruning counts,
+partitions, the alpha search. The authors' rules: test_dppa_reference.py, test_dppa_search.py."""
 
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ E, F = "model.layers.2.self_attn.q_proj.weight", "model.layers.2.mlp.up_proj.wei
 
 def test_densities_of_a_hand_computed_example():
     deltas = _hand_example()
-    res = dppa_densities(deltas, 0.8)  # keep 1 - s = 0.2 on average, lambda = 0.08
+    res = dppa_densities(deltas, 0.8, normalize="block")  # keep 1 - s = 0.2 on average, lambda = 0.08
     # D_l: pooled |delta| of the block's matrices, percent above 3x the pooled mean.
     #   block 0: 28 ones + two 50s: mean 128/30 = 4.27, 3x = 12.8 -> 2 of 30 -> 6.667 %
     #   block 1: 29 ones + one 40:  mean 69/30 = 2.3,   3x = 6.9  -> 1 of 30 -> 3.333 %
@@ -85,7 +87,7 @@ def test_densities_of_a_hand_computed_example():
 def test_dynamic_prune_keeps_the_computed_counts_by_magnitude():
     deltas = _hand_example()
     before = {k: v.clone() for k, v in deltas.items()}
-    res = dynamic_prune_(deltas, 0.8)
+    res = dynamic_prune_(deltas, 0.8, normalize="block", cut="topk")
     # kept = n - round((1 - density) * n), halves to even: a 20 - round(13.6) = 6, b 10 - 8 = 2,
     # c 20 - round(15.2) = 5, d 10 - round(8.8) = 1, e 20 - round(17.6) = 2, f 1.
     counts = {A: 6, B: 2, C: 5, D_: 1, E: 2, F: 1}
@@ -117,10 +119,10 @@ def test_explicit_blocks_equal_the_name_grouping():
 
 def test_densities_clip_to_the_unit_interval():
     deltas = _hand_example()
-    high = dppa_densities(deltas, 0.1)  # rho_0 = 0.98, a: 0.98 + 0.04 = 1.02 -> 1
+    high = dppa_densities(deltas, 0.1, normalize="block")  # rho_0 = 0.98, a: 0.98 + 0.04 = 1.02 -> 1
     assert high.unclipped[A] == pytest.approx(1.02)
     assert high.density[A] == 1.0
-    low = dppa_densities(deltas, 0.95, min_density=0.01)  # rho_2 = 0.05 - 0.08 < 0
+    low = dppa_densities(deltas, 0.95, min_density=0.01, normalize="block")  # rho_2 = 0.05 - 0.08 < 0
     assert low.unclipped[E] == pytest.approx(-0.03)
     assert low.density[E] == 0.01
     assert all(0.0 < d <= 1.0 for d in low.density.values())
@@ -135,7 +137,7 @@ def test_no_evidence_means_the_target_density():
 
 def test_lambda_scales_the_moves():
     deltas = _hand_example()
-    res = dppa_densities(deltas, 0.8, lam=0.02)
+    res = dppa_densities(deltas, 0.8, lam=0.02, normalize="block")
     assert res.rho == pytest.approx({"model.layers.0": 0.22, "model.layers.1": 0.2, "model.layers.2": 0.18})
     assert res.density[B] == pytest.approx(0.22 - 0.02)
 
@@ -171,7 +173,7 @@ def test_group_by_block_names():
 def test_partitions_are_disjoint_nested_top_k(density, dtype):
     x = randn(13, 17, dtype=dtype)
     n = x.numel()
-    parts = partitions({"w": x}, {"w": density})
+    parts = partitions({"w": x}, {"w": density}, cut="topk")
     hi, lo = parts.hi["w"], parts.lo["w"]
     k_hi = n - round((1 - density) * n)
     k_wide = n - round((1 - min(1.0, density + 0.1)) * n)
@@ -193,9 +195,9 @@ def test_partitions_are_disjoint_nested_top_k(density, dtype):
 def test_partitions_follow_dppa_densities_and_amplify(dtype):
     deltas = {f"model.layers.{i}.fc.weight": randn(9, 11, dtype=dtype) for i in range(3)}
     deltas["model.layers.1.fc.weight"][0, :4] *= 20  # some outliers to move the densities
-    dens = dppa_densities(deltas, 0.7)
-    parts = partitions(deltas, dens)
-    out = amplify(deltas, parts, 1.8, 0.3)
+    dens = dppa_densities(deltas, 0.7, normalize="block")
+    parts = partitions(deltas, dens, cut="topk")
+    out = amplify(deltas, parts, 1.8, 0.3, combine="sum")
     for name, x in deltas.items():
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         expected = torch.zeros_like(x)
@@ -205,13 +207,13 @@ def test_partitions_follow_dppa_densities_and_amplify(dtype):
         assert int(parts.hi[name].sum()) == x.numel() - round((1 - dens.density[name]) * x.numel())
     # alpha = (1, 0) is dynamic pruning itself.
     pruned = {k: v.clone() for k, v in deltas.items()}
-    dynamic_prune_(pruned, 0.7)
-    one_zero = amplify(deltas, parts, 1.0, 0.0)
+    dynamic_prune_(pruned, 0.7, normalize="block", cut="topk")
+    one_zero = amplify(deltas, parts, 1.0, 0.0, combine="sum")
     assert all(torch.equal(one_zero[k], pruned[k]) for k in deltas)
 
 
 def test_search_finds_the_optimum_of_a_separable_quadratic():
-    res = search_amplification(lambda a, b: -(a - 2.3) ** 2 - (b - 0.4) ** 2)
+    res = search_amplification(lambda a, b: -(a - 2.3) ** 2 - (b - 0.4) ** 2, search="coordinate")
     assert (res.alpha_hi, res.alpha_lo) == (2.3, 0.4)
     assert res.history[0][:2] == (1.8, 0.0)  # starts where the authors start
     assert res.score == pytest.approx(0.0, abs=1e-20)
@@ -225,24 +227,24 @@ def test_search_finds_the_optimum_of_a_coupled_function_below_the_start():
     def f(a, b):
         return -((a - 1.2) ** 2) - (b - 0.7) ** 2 - 0.6 * (a - 1.2) * (b - 0.7)
 
-    res = search_amplification(f)
+    res = search_amplification(f, search="coordinate")
     assert (res.alpha_hi, res.alpha_lo) == (1.2, 0.7)
     grid = [(round(i * 0.1, 12), round(j * 0.1, 12)) for i in range(0, 40) for j in range(0, 20)]
     assert res.score == pytest.approx(max(f(a, b) for a, b in grid))
 
 
 def test_search_respects_bounds_budget_and_nan():
-    res = search_amplification(lambda a, b: a + b, bounds_hi=(1.0, 2.2), bounds_lo=(0.0, 0.3))
+    res = search_amplification(lambda a, b: a + b, bounds_hi=(1.0, 2.2), bounds_lo=(0.0, 0.3), search="coordinate")
     assert (res.alpha_hi, res.alpha_lo) == (2.2, 0.3)
     calls = []
 
     def count(a, b):
         calls.append((a, b))
         return a
-    res = search_amplification(count, max_evals=4)
+    res = search_amplification(count, max_evals=4, search="coordinate")
     assert len(calls) == 4 and len(res.history) == 4
     assert res.alpha_hi == pytest.approx(2.1)
-    res = search_amplification(lambda a, b: math.nan if a > 1.85 else -abs(a - 1.5))
+    res = search_amplification(lambda a, b: math.nan if a > 1.85 else -abs(a - 1.5), search="coordinate")
     assert res.alpha_hi == pytest.approx(1.5)
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import darex_ext
+import darex_ext.algorithms
 from darex_ext.algorithms import PRUNE_METHODS, analytic_q, prune_tensor, tensor_q
 
 from conftest import randn
@@ -27,7 +28,7 @@ def test_each_method_is_its_op(dtype):
         "darex-q": (dict(q=0.2, seed=3), lambda t: darex_ext.prune_(t, 0.9, 0.2, seed=3)),
         "magnitude": (dict(q=0.5), lambda t: darex_ext.magnitude_prune_(t, 0.9, q=0.5)),
         "wanda": (dict(act_norm=act), lambda t: darex_ext.wanda_prune_(t, act, 0.9)),
-        "dppa": (dict(drop_rate=0.7), lambda t: darex_ext.magnitude_prune_(t, 0.7)),
+        "dppa": (dict(drop_rate=0.7), lambda t: darex_ext.algorithms.dppa_prune_(t, 0.7)),
     }
     assert set(cases) == set(PRUNE_METHODS)
     for method, (kwargs, op) in cases.items():

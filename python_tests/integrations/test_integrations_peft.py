@@ -10,8 +10,10 @@ import torch
 pytest.importorskip("peft")
 import peft.utils.merge_utils as mu  # noqa: E402
 
+import darex_ext  # noqa: E402
 import darex_ext.integrations.peft as dp  # noqa: E402
 from conftest import randn  # noqa: E402
+from merge_samples import distinct_values  # noqa: E402
 
 
 def _tasks(n=3, shape=(64, 48), dtype=torch.float32):
@@ -38,14 +40,65 @@ def test_prune_edge_cases_match_peft():
 
 
 @pytest.mark.parametrize("method", ["magnitude_prune", "ties"])
-def test_magnitude_merges_equal_peft(method):
-    tasks, w = _tasks(), torch.tensor([1.0, 0.5, -0.7])
-    ours = getattr(dp, method)(tasks, w, 0.4)
-    theirs = getattr(mu, method)(tasks, w, 0.4)
-    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("density", [0.0, 0.3, 0.37, 0.999])
+def test_magnitude_merges_equal_peft_bit_for_bit(method, dtype, density):
+    # tie-free magnitudes: torch.topk keeps an unspecified one of equal |x|, darex the lower index
+    gen = torch.Generator().manual_seed(5)
+    tasks = [distinct_values((7, 13), dtype, gen) for _ in range(3)]
+    for w in (torch.tensor([1.0, 0.5, -0.7]), torch.tensor([1.0, 0.5, -0.7], dtype=dtype)):
+        ours = getattr(dp, method)(tasks, w, density)
+        theirs = getattr(mu, method)(tasks, w, density)
+        assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
     if method == "ties":
-        torch.testing.assert_close(dp.ties(tasks, w, 0.4, "frequency"), mu.ties(tasks, w, 0.4, "frequency"),
-                                   rtol=1e-6, atol=1e-7)
+        assert torch.equal(dp.ties(tasks, w, density, "frequency"), mu.ties(tasks, w, density, "frequency"))
+
+
+def _grads(fn, tasks, w):
+    leaves = [t.detach().clone().requires_grad_(True) for t in tasks]
+    wl = w.detach().clone().requires_grad_(True)
+    out = fn(leaves, wl)
+    grads = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum(),
+                                [*leaves, wl])
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("method", ["magnitude_prune", "ties"])
+def test_magnitude_merge_gradients_equal_pefts(method):
+    tasks, w = _tasks(shape=(6, 9), dtype=torch.float64), torch.tensor([1.0, 0.5, -0.7], dtype=torch.float64)
+    ours = _grads(lambda ts, wl: getattr(dp, method)(ts, wl, 0.4), tasks, w)
+    theirs = _grads(lambda ts, wl: getattr(mu, method)(ts, wl, 0.4), tasks, w)
+    assert torch.equal(ours[0], theirs[0])
+    for a, b in zip(ours[1], theirs[1]):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+    t = tasks[0].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: dp.magnitude_based_pruning(x, 0.4), (t,))
+
+
+@pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
+def test_dare_merge_gradients_are_pefts_for_the_same_masks(method):
+    # PEFT's own arithmetic on darex's pruned tensors (mask / density, the same seeds) is the
+    # stock code given the masks; our merge must differentiate exactly like it
+    tasks, w = _tasks(shape=(6, 9), dtype=torch.float64), torch.tensor([1.0, 0.5, -0.7], dtype=torch.float64)
+    seeds = dp._seeds(11, 3)
+    masks = [darex_ext.keep_mask(t, 0.6, seed=s).double() for t, s in zip(tasks, seeds)]
+
+    def twin(ts, wl):
+        pruned = torch.stack([t * m / 0.4 for t, m in zip(ts, masks)])
+        weighted = pruned * wl.view(-1, 1, 1)
+        if method == "dare_linear":
+            return weighted.sum(0)
+        return mu.disjoint_merge(weighted, mu.calculate_majority_sign_mask(pruned))
+
+    ours = _grads(lambda ts, wl: getattr(dp, method)(ts, wl, 0.4, seed=11), tasks, w)
+    theirs = _grads(twin, tasks, w)
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-15, atol=1e-15)
+    for a, b in zip(ours[1], theirs[1]):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+    with torch.no_grad():
+        torch.testing.assert_close(getattr(dp, method)(tasks, w, 0.4, seed=11), ours[0], rtol=1e-15, atol=0)
+    leaves = tuple(t.clone().requires_grad_(True) for t in tasks)
+    assert torch.autograd.gradcheck(lambda *ts: getattr(dp, method)(list(ts), w, 0.4, seed=11), leaves)
 
 
 def _binomial_ok(kept: int, n: int, density: float, sigmas: float = 6.0) -> bool:
