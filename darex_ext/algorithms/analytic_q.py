@@ -14,8 +14,16 @@ the authors bound the change of row i's output under drop rate p and rescale 1/q
 and pick q_i minimizing it. S and Q come from one fused pass over D (darex_ext.row_moments, a
 kernel that never stores c); the search over q then only touches 2 numbers per row.
 
-Evaluation order (matters for the grid's comparisons; the tests replay it literally):
-``abs(((eta * (1 - (1-p)/q)) * S + ((eta*eta) * Phi) * Q / (4*q*q)) + L)`` in float64.
+Two precisions of the grid scan:
+
+- ``precision="reference"`` (the default): the published code's float16 arithmetic, replayed
+  operation by operation (:mod:`darex_ext.algorithms.analytic_q_reference`). Its float16 ties
+  decide where the scan stops, and so q.
+- ``precision="float64"``: the same scan in float64 from S and Q of the fused ``row_moments``
+  kernel; evaluation order ``abs(((eta * (1 - (1-p)/q)) * S + ((eta*eta) * Phi) * Q / (4*q*q)) + L)``.
+  Not the authors' numbers: in float64, rows with S_i < 0 never flag and run to q = 0.998.
+
+``method="closed_form"`` and ``two_sided=True`` are further non-reference options (float64).
 """
 
 from __future__ import annotations
@@ -29,8 +37,13 @@ from torch import nn
 from ..ops import _checks, row_moments
 from ..ops.row_moments import side_vector as check_side_vector
 from . import _args
+from .analytic_q_reference import (reference_c, reference_grid_q, reference_layer_mean,
+                                   reference_mean_of_layers)
 
-__all__ = ["analytic_q", "analytic_layer_q", "q_from_moments", "phi", "analytic_q_for_model"]
+__all__ = ["analytic_q", "analytic_layer_q", "q_from_moments", "phi", "analytic_q_for_model", "analytic_q_table",
+           "AnalyticQMap", "PRECISIONS"]
+
+PRECISIONS = ("reference", "float64")
 
 _GRID = 1000      # q runs over k / 1000, as the authors scan it
 _K_LAST = 998     # the last grid point, q = 0.998
@@ -161,7 +174,7 @@ def _side_argument(t, name: str, op_name: str, length: int, what: str, like: tor
 
 def analytic_q(delta: torch.Tensor, x_mean: torch.Tensor, p: float, *, eta: float = 0.45, prob: float = 0.95,
                stop_iter: float = 0.8, bias_delta: torch.Tensor | None = None,
-               method: str = "grid", two_sided: bool = False) -> torch.Tensor:
+               method: str = "grid", two_sided: bool = False, precision: str = "reference") -> torch.Tensor:
     """DAREx-q analytic rescaling per output row of a Linear (DAREx Algorithm 3).
 
     Args:
@@ -176,12 +189,13 @@ def analytic_q(delta: torch.Tensor, x_mean: torch.Tensor, p: float, *, eta: floa
             including the stop rule; see ``_grid_q``) or "closed_form" (the vertex of the
             quadratic in 1/q, clipped to [1-p, 0.998]; rows with S_i <= 0 get 0.998, rows with
             Q_i = 0 get 1-p).
-        two_sided: False (default) is the authors' formula with the signed S_i: rows with
-            S_i < 0 see F fall all the way up the grid, so they end at (or toward) q = 0.998 and
-            their delta is in effect removed. True uses |S_i| instead, the bound made symmetric
-            (the shift of the pruned row's mean, (1 - (1-p)/q) S_i, is as harmful either way):
-            not the authors' procedure, offered because deltas whose S_i are mostly negative
-            are common (see benchmarks/RESULTS.md, the DAREx reproduction).
+        two_sided: False (default) is the authors' formula with the signed S_i. True uses |S_i|
+            instead, the bound made symmetric (the shift of the pruned row's mean,
+            (1 - (1-p)/q) S_i, is as harmful either way): not the authors' procedure.
+        precision: for method="grid": "reference" (default) replays the published float16
+            arithmetic bit for bit (see the module doc); "float64" scans in float64 (not the
+            authors' numbers: in float64, rows with S_i < 0 never flag and run to q = 0.998,
+            which in effect deletes their delta). "closed_form" is always float64.
 
     Returns:
         float32 tensor [rows] on delta's device, ready for ``darex_ext.prune_(delta, p, q=...)``.
@@ -195,9 +209,26 @@ def analytic_q(delta: torch.Tensor, x_mean: torch.Tensor, p: float, *, eta: floa
     _side_argument(x_mean, "x_mean", "x", cols, "delta.shape[1]", delta)
     if bias_delta is not None:
         _side_argument(bias_delta, "bias_delta", "bias", rows, "delta.shape[0]", delta)
+    precision = _args.choice(precision, "precision", PRECISIONS)
+    if not isinstance(two_sided, bool):
+        raise TypeError(f"two_sided must be a bool, got {type(two_sided).__name__}")
+    if method == "grid" and precision == "reference":
+        c = reference_c(delta, x_mean, bias_delta)
+        if not bool(torch.isfinite(delta).all() & torch.isfinite(x_mean).all()):
+            raise ValueError("the delta or the mean input holds NaN or inf: S and Q must be finite")
+        if two_sided:
+            c = _two_sided_reference_c(c)
+        return reference_grid_q(c, p, eta=eta, prob=prob, stop_iter=stop_iter).to(delta.device)
     S, Q = row_moments(delta, x_mean, bias_delta)
     q = q_from_moments(S, Q, p, eta=eta, prob=prob, stop_iter=stop_iter, method=method, two_sided=two_sided)
     return q.to(torch.float32)
+
+
+def _two_sided_reference_c(c: torch.Tensor) -> torch.Tensor:
+    # |S| in float16 without changing Q: flip the sign of every row whose float16 row sum is
+    # negative (Q is a sum of squares, the same for c and -c; S becomes |S| exactly).
+    negative = c.to(torch.float64).sum(dim=1).to(torch.float32).to(torch.float16) < 0
+    return torch.where(negative.unsqueeze(1), -c, c)
 
 
 def analytic_layer_q(delta: torch.Tensor, x_mean: torch.Tensor, p: float, **kwargs) -> float:
@@ -206,40 +237,125 @@ def analytic_layer_q(delta: torch.Tensor, x_mean: torch.Tensor, p: float, **kwar
     return float(q.mean()) if q.numel() else 1.0 - float(p)
 
 
-def analytic_q_for_model(finetuned: nn.Module, base: nn.Module, stats: Mapping, p: float, *,
-                         eta: float = 0.45, prob: float = 0.95, stop_iter: float = 0.8,
-                         method: str = "grid", per_row: bool = True,
-                         two_sided: bool = False) -> dict[str, torch.Tensor | float]:
-    """Analytic q for every nn.Linear of `finetuned` that has input statistics.
+class AnalyticQMap(dict):
+    """parameter name -> q (a float, or a per-row float32 tensor), as ``dare_model`` and the CLI
+    take it, with where each value came from.
+
+    Attributes:
+        sources: parameter name -> "layer" (a Linear weight's own scan), "layer bias" (a Linear
+            bias: its weight's q, as published), or "mean of layer q's" (every other tensor:
+            embeddings, norms, biases of other modules; the published ``rescale_q`` rule).
+        layer_q: Linear module name -> its layer q (the float32 mean over rows).
+        fill: the mean of the layer q's given to tensors without their own (None if unused).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.sources: dict[str, str] = {}
+        self.layer_q: dict[str, float] = {}
+        self.fill: float | None = None
+
+    def put(self, name: str, value, source: str) -> None:
+        self[name] = value
+        self.sources[name] = source
+
+    def summary(self) -> str:
+        """One line: how many tensors got each kind of q."""
+        counts: dict[str, int] = {}
+        for src in self.sources.values():
+            counts[src] = counts.get(src, 0) + 1
+        parts = [f"{n} {src}" for src, n in counts.items()]
+        fill = "" if self.fill is None else f"; mean of layer q's = {self.fill:.6g}"
+        return ", ".join(parts) + fill
+
+
+def analytic_q_table(layers, x_means: Mapping[str, torch.Tensor], others, p: float, *, eta: float = 0.45,
+                     prob: float = 0.95, stop_iter: float = 0.8, method: str = "grid",
+                     precision: str = "reference", per_row: bool = False,
+                     two_sided: bool = False) -> AnalyticQMap:
+    """The analytic q of a whole model, one rule for the Python API and the CLI.
 
     Args:
-        finetuned, base: the same architecture; deltas are finetuned - base per Linear.
-        stats: ``collect_input_stats(finetuned or base, batches)`` (module name -> stats with
-            ``.mean``).
-        per_row: True gives the per-row tensor, False the layer mean (a float).
-        eta, prob, stop_iter, method, two_sided: as :func:`analytic_q`.
+        layers: iterable of (module name, weight name, bias name or None, load) for every
+            Linear with statistics; load() returns (weight delta, bias delta or None).
+        x_means: module name -> signed mean input [in_features].
+        others: names of the other tensors to prune; each gets the mean of the layer q's
+            (the published rule), or nothing when `others` is empty.
+        per_row: False (the published procedure) gives each Linear its layer q, the mean over
+            rows; True gives the per-row tensor (the bias shares it).
+        eta, prob, stop_iter, method, precision, two_sided: as :func:`analytic_q`.
+    """
+    out = AnalyticQMap()
+    for module, weight_name, bias_name, load in layers:
+        with torch.no_grad():
+            d_w, d_b = load()
+            q = analytic_q(d_w, x_means[module].to(d_w.device), p, eta=eta, prob=prob, stop_iter=stop_iter,
+                           bias_delta=d_b, method=method, two_sided=two_sided, precision=precision)
+        layer = reference_layer_mean(q) if q.numel() else 1.0 - float(p)
+        out.layer_q[module] = layer
+        value = q if per_row else layer
+        out.put(weight_name, value, "layer")
+        if bias_name is not None:
+            out.put(bias_name, value, "layer bias")
+    rest = [n for n in others if n not in out]
+    if rest:
+        if not out.layer_q:
+            raise ValueError("no Linear layer has input statistics, so there is no layer q to give the "
+                             f"{len(rest)} other tensors (e.g. {rest[0]!r})")
+        out.fill = reference_mean_of_layers(out.layer_q.values())
+        for name in rest:
+            out.put(name, out.fill, "mean of layer q's")
+    return out
+
+
+def analytic_q_for_model(finetuned: nn.Module, base: nn.Module, stats: Mapping, p: float, *,
+                         eta: float = 0.45, prob: float = 0.95, stop_iter: float = 0.8,
+                         method: str = "grid", per_row: bool = False, two_sided: bool = False,
+                         precision: str = "reference", others: str | None = "mean") -> AnalyticQMap:
+    """Analytic q for a model, as the published code computes and applies it
+    (vengdeng/DAREx ``utils/analyticalq.py`` ``optimal_q_calculation`` and
+    ``utils/deltaprune.py`` ``rescale_q``).
+
+    Every nn.Linear of `finetuned` with input statistics gets the q of its scan, the bias delta
+    taking part as one more input column; its bias uses the weight's q. With ``others="mean"``
+    (the published rule) every other floating parameter that both models share (embeddings,
+    LayerNorms, biases of other modules, heads) gets the mean of the layer q's; with None they
+    get no entry (``dare_model`` then rescales them by 1/(1-p) and warns).
+
+    Args:
+        finetuned, base: the same architecture; deltas are finetuned - base.
+        stats: ``collect_input_stats(finetuned, batches)`` (module name -> stats with ``.mean``;
+            the published statistic is the fine-tuned model's input mean).
+        per_row: False (default, published) the layer q (a float); True the per-row tensor.
+        eta, prob, stop_iter, method, precision, two_sided: as :func:`analytic_q`.
 
     Returns:
-        parameter name -> q for the weight and, when present, the bias of each Linear (the bias
-        shares its rows' q), as ``dare_model`` / ``prune_`` take it.
+        :class:`AnalyticQMap`: parameter name -> q, with ``.sources``, ``.layer_q``, ``.fill``.
     """
+    if others not in ("mean", None):
+        raise ValueError(f"others must be 'mean' or None, got {others!r}")
     base_modules = dict(base.named_modules())
-    out: dict[str, torch.Tensor | float] = {}
+    base_params = dict(base.named_parameters())
+    layers = []
+    x_means = {}
     for name, module in finetuned.named_modules():
         if not isinstance(module, nn.Linear) or name not in stats:
             continue
         other = base_modules.get(name)
         if not isinstance(other, nn.Linear) or other.weight.shape != module.weight.shape:
             raise ValueError(f"base has no Linear {name!r} of shape {tuple(module.weight.shape)}")
-        with torch.no_grad():
-            d_w = module.weight - other.weight
-            d_b = module.bias - other.bias if module.bias is not None and other.bias is not None else None
-            x_mean = stats[name].mean.to(d_w.device)
-            q = analytic_q(d_w, x_mean, p, eta=eta, prob=prob, stop_iter=stop_iter, bias_delta=d_b,
-                           method=method, two_sided=two_sided)
-        value: torch.Tensor | float = q if per_row else (float(q.mean()) if q.numel() else 1.0 - p)
         prefix = f"{name}." if name else ""
-        out[prefix + "weight"] = value
-        if module.bias is not None:
-            out[prefix + "bias"] = value
-    return out
+        has_bias = module.bias is not None and other.bias is not None
+
+        def load(module=module, other=other, has_bias=has_bias):
+            d_b = module.bias - other.bias if has_bias else None
+            return module.weight - other.weight, d_b
+
+        layers.append((name, prefix + "weight", prefix + "bias" if has_bias else None, load))
+        x_means[name] = stats[name].mean
+    rest = []
+    if others == "mean":
+        rest = [n for n, t in finetuned.named_parameters()
+                if t.is_floating_point() and n in base_params and base_params[n].shape == t.shape]
+    return analytic_q_table(layers, x_means, rest, p, eta=eta, prob=prob, stop_iter=stop_iter, method=method,
+                            precision=precision, per_row=per_row, two_sided=two_sided)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -20,7 +21,12 @@ from ..seeds import tensor_seed
 from . import _args
 from .input_stats import call_model
 
-__all__ = ["QSearch", "find_q", "dare_model", "output_change", "output_change_objective"]
+__all__ = ["QSearch", "find_q", "FIND_Q_MODES", "dare_model", "output_change", "output_change_objective",
+           "QFallbackWarning", "REFERENCE_OBJECTIVES"]
+
+
+class QFallbackWarning(UserWarning):
+    """Some tensors were pruned with a q their method did not give them (the plain-DARE 1-p)."""
 
 
 @dataclass
@@ -38,18 +44,100 @@ class QSearch:
     history: list[tuple[float, float, int]] = field(default_factory=list)
 
 
-def _points(start: float, stop: float, step: float) -> list[float]:
+_MAX_POINTS = 1 << 53  # beyond this, lo + i * step no longer tells points apart
+
+
+def _check_grid(lo: float, hi: float, step: float) -> None:
+    for v, name in ((lo, "lo"), (hi, "hi"), (step, "step")):
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {v}")
+    if (hi - lo) / step >= _MAX_POINTS:
+        raise ValueError(f"lo={lo}, hi={hi}, step={step} make more than 2^53 grid points")
+
+
+def _points(start: float, stop: float, step: float) -> Iterator[float]:
     # start, start + step, ... <= stop, computed by index (no drift) and rounded so that the
-    # same point of both rounds is the same float.
+    # same point of both rounds is the same float. Lazy: a tiny step costs nothing up front.
     n = int(math.floor((stop - start) / step + 1e-9))
-    return [round(start + i * step, 12) for i in range(max(n, -1) + 1)]
+    return (round(start + i * step, 12) for i in range(max(n, -1) + 1))
+
+
+def _arange(start: float, stop: float, step: float) -> Iterator[float]:
+    """numpy.arange(start, stop, step) in float64, value for value, without building it:
+    ceil((stop - start) / step) points, the second start + step, then start + i * d with
+    d = (start + step) - start (numpy's fill rule)."""
+    length = math.ceil((stop - start) / step)
+    if length <= 0:
+        return iter(())
+    second = start + step
+    d = second - start
+
+    def gen():
+        yield start
+        if length > 1:
+            yield second
+        for i in range(2, length):
+            yield start + i * d
+
+    return gen()
+
+
+def _scan_reference(points: Iterable[float], score_of, sign: float) -> None:
+    # The published loop: ties count as progress (>=); four misses in a row end the round.
+    best, misses = -math.inf, 0
+    for v in points:
+        s = sign * score_of(v)
+        if s >= best:
+            best, misses = s, 0
+        else:
+            misses += 1
+        if misses > 3:
+            break
+
+
+def _find_q_reference(evaluate, lo: float, hi: float, step: float, decay: float, sign: float,
+                      variant: str) -> QSearch:
+    scores: dict[float, float] = {}   # insertion order, as the published dict
+    history: list[tuple[float, float, int]] = []
+    rnd = 1
+
+    def score_of(v: float) -> float:
+        s = _args.number(evaluate(v), "evaluate(value)")
+        scores[v] = s  # a value seen again keeps its first position and takes the new score
+        history.append((v, s, rnd))
+        return s
+
+    def first_best() -> float:
+        return max(scores, key=lambda v: sign * scores[v])  # max keeps the first of equals
+
+    _scan_reference(_arange(lo, hi + step, step), score_of, sign)
+    center = first_best()
+    floor = lo + step * decay if variant == "encoder" else 0.0
+    rnd = 2
+    _scan_reference(_arange(max(floor, center - step * (1 - decay)), center + step, step * decay), score_of, sign)
+    best = first_best()
+    return QSearch(best=best, score=scores[best], history=history)
+
+
+FIND_Q_MODES = ("reference", "clipped")
 
 
 def find_q(evaluate: Callable[[float], float], lo: float, hi: float, step: float, *, decay: float = 0.1,
-           patience: int = 3, maximize: bool = True) -> QSearch:
+           patience: int = 3, maximize: bool = True, mode: str = "reference",
+           variant: str = "encoder") -> QSearch:
     """DAREx Algorithm 2: coarse scan, then a finer scan around the best.
 
-    Round 1 evaluates v = lo, lo + step, ... up to hi. Round 2 scans around the round-1 best v*
+    mode="reference" (the default, because the paper's numbers come from it) is the published
+    search (vengdeng/DAREx ``find_q_encoder.py`` / ``find_q_decoder.py``,
+    ``find_optimal_param``): round 1 visits ``numpy.arange(lo, hi + step, step)`` (which may
+    pass hi), counting a tie as progress and stopping after 4 misses in a row; round 2 visits
+    ``numpy.arange(max(lo + step * decay, v* - step * (1 - decay)), v* + step, step * decay)``
+    around the round-1 best v* (``variant="decoder"``: max(0, ...)), unclipped, hi exclusive;
+    the first-found maximum over both rounds wins (a value visited twice keeps its first
+    place and its latest score). `patience` does not apply (it is 3, as published).
+
+    mode="clipped" is darex_ext's earlier reading, kept for objectives where a value outside
+    [lo, hi] is invalid: round 1 evaluates v = lo, lo + step, ... up to hi. Round 2 scans around the round-1 best v*
     from max(lo, v* - step * (1 - decay)) to min(hi, v* + step) in steps of step * decay. In
     each round the scan stops once more than `patience` evaluations in a row fail to beat the
     best score of that round (so round 2 may climb from below v* before it is compared).
@@ -62,9 +150,13 @@ def find_q(evaluate: Callable[[float], float], lo: float, hi: float, step: float
     Args:
         evaluate: value -> score. Maximized by default (accuracy, a metric); pass
             maximize=False for losses such as :func:`output_change`.
-        lo, hi, step: the round-1 grid, lo <= hi, step > 0.
+        lo, hi, step: the round-1 grid, lo <= hi, step > 0, all finite. The grid is generated
+            lazily: a tiny step costs nothing until it is evaluated.
         decay: round 2's step as a fraction of step, in (0, 1).
-        patience: evaluations in a row without improvement tolerated, >= 0.
+        patience: mode="clipped": evaluations in a row without improvement tolerated, >= 0.
+        mode: "reference" (default) or "clipped", see above.
+        variant: mode="reference": "encoder" (round 2 starts no lower than lo + step * decay)
+            or "decoder" (no lower than 0), as the two published scripts differ.
 
     Returns:
         :class:`QSearch` with the best value, its score and the whole history.
@@ -77,7 +169,12 @@ def find_q(evaluate: Callable[[float], float], lo: float, hi: float, step: float
     step = _args.positive(step, "step")
     decay = _args.open_unit(decay, "decay")
     patience = _args.count(patience, "patience")
+    mode = _args.choice(mode, "mode", FIND_Q_MODES)
+    variant = _args.choice(variant, "variant", ("encoder", "decoder"))
+    _check_grid(lo, hi, step)
     sign = 1.0 if maximize else -1.0
+    if mode == "reference":
+        return _find_q_reference(evaluate, lo, hi, step, decay, sign, variant)
     seen: dict[float, float] = {}
     history: list[tuple[float, float, int]] = []
 
@@ -88,8 +185,8 @@ def find_q(evaluate: Callable[[float], float], lo: float, hi: float, step: float
             history.append((v, s, rnd))
         return seen[v]
 
-    def scan(points: Sequence[float], rnd: int) -> tuple[float, float]:
-        best_v, best_s, misses = points[0], None, 0
+    def scan(points: Iterable[float], rnd: int) -> tuple[float, float]:
+        best_v, best_s, misses = None, None, 0
         for v in points:
             s = score_of(v, rnd)
             if best_s is None or sign * s > sign * best_s:
@@ -129,6 +226,17 @@ def _q_for(q, name: str):
     return q
 
 
+def _warn_uncovered(pairs, q, p: float) -> None:
+    # No silent fallback: a mapping of q (e.g. analytic) that misses a pruned tensor.
+    if not isinstance(q, Mapping):
+        return
+    missing = [name for name, _, _ in pairs if name not in q]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5 else "")
+        warnings.warn(f"{len(missing)} pruned tensors have no q in the mapping and are rescaled by "
+                      f"1/(1-p) = {1 / (1 - p):.4g} (plain DARE): {shown}", QFallbackWarning, stacklevel=3)
+
+
 def _write_dare(target: nn.Module, pairs, p: float, q, seed: int) -> nn.Module:
     params = dict(target.named_parameters())
     with torch.no_grad():
@@ -149,10 +257,12 @@ def dare_model(finetuned: nn.Module, base: nn.Module, p: float, q=None, *, seed:
 
     Args:
         q: None (1 - p, DARE), a float (global DAREx-q), or a mapping parameter name -> float or
-            per-row tensor (e.g. :func:`analytic_q_for_model`; missing names get 1 - p).
+            per-row tensor (e.g. :func:`analytic_q_for_model`); names missing from a mapping
+            get 1 - p and a :class:`QFallbackWarning` lists them.
         out: a model of the same architecture to overwrite instead of a fresh deep copy.
     """
     pairs = _delta_pairs(finetuned, base, include)
+    _warn_uncovered(pairs, q, p)
     target = copy.deepcopy(finetuned) if out is None else out
     return _write_dare(target, pairs, p, q, seed)
 
@@ -181,8 +291,18 @@ def _last_hidden(out) -> torch.Tensor:
     raise TypeError(f"cannot find the last hidden state in a model output of type {type(out).__name__}")
 
 
+def _without_outlier(values: list[float]) -> list[float]:
+    # The published remove_one_outlier: with 3 or more values, drop the one farthest from the
+    # mean (the first of equals), as the encoder search does over its 4 mask seeds.
+    if len(values) < 3:
+        return values
+    mean = sum(values) / len(values)
+    far = max(range(len(values)), key=lambda i: abs(values[i] - mean))
+    return values[:far] + values[far + 1:]
+
+
 def output_change(finetuned: nn.Module, pruned: nn.Module | Callable[[int], nn.Module], batches: Iterable, *,
-                  seeds: Sequence[int] = (0, 1, 2), top_k: int | None = 10) -> float:
+                  seeds: Sequence[int] = (0, 1, 2), top_k: int | None = 10, drop_outlier: bool = False) -> float:
     """How far pruning moves the model's outputs: the unlabeled objective of DAREx-q (minimize it).
 
     Per batch, the mean absolute difference of the last hidden states (the output tensor, or
@@ -198,6 +318,8 @@ def output_change(finetuned: nn.Module, pruned: nn.Module | Callable[[int], nn.M
         seeds: mask seeds to average over (ignored when `pruned` is a model).
         top_k: k of the logit MSE for outputs with ``logits`` (default 10); None compares the
             last hidden state (or the logits) by mean absolute change instead.
+        drop_outlier: average the per-seed changes after dropping the one farthest from their
+            mean (with 3 or more seeds), as the published encoder search does.
     """
     batches = list(batches)
     if not batches:
@@ -212,7 +334,7 @@ def output_change(finetuned: nn.Module, pruned: nn.Module | Callable[[int], nn.M
             raise ValueError("seeds must not be empty")
     was = finetuned.training
     finetuned.eval()
-    total, n = 0.0, 0
+    per_model: list[float] = []
     try:
         with torch.no_grad():
             reference = [call_model(finetuned, b) for b in batches]
@@ -220,27 +342,46 @@ def output_change(finetuned: nn.Module, pruned: nn.Module | Callable[[int], nn.M
                 model = item if models is not None else pruned(int(item))
                 model_was = model.training
                 model.eval()
+                total = 0.0
                 for b, ref_out in zip(batches, reference):
                     total += float(_compare(ref_out, call_model(model, b), top_k))
-                    n += 1
+                per_model.append(total / len(batches))
                 model.train(model_was)
     finally:
         finetuned.train(was)
-    return total / n
+    kept = _without_outlier(per_model) if drop_outlier else per_model
+    return sum(kept) / len(kept)
+
+
+# The published unlabeled objectives (vengdeng/DAREx utils/outputchange.py): encoders, the mean
+# |change| of the last hidden state over mask seeds 0-3 with the outlier dropped; decoders, the
+# MSE of the logits at the fine-tuned model's top 5 tokens, one mask (seed 0).
+REFERENCE_OBJECTIVES = {
+    "encoder": {"seeds": (0, 1, 2, 3), "top_k": None, "drop_outlier": True},
+    "decoder": {"seeds": (0,), "top_k": 5, "drop_outlier": False},
+}
 
 
 def output_change_objective(finetuned: nn.Module, base: nn.Module, batches: Iterable, p: float, *,
                             seeds: Sequence[int] = (0, 1, 2), top_k: int | None = 10,
-                            include: Callable[[str], bool] | None = None) -> Callable[[float], float]:
+                            include: Callable[[str], bool] | None = None, drop_outlier: bool = False,
+                            preset: str | None = None) -> Callable[[float], float]:
     """q -> :func:`output_change` of the DARE-pruned model at rescale q, for ``find_q(...,
     maximize=False)``. One working copy of the model is made up front and overwritten for every
-    (q, seed) with the fused ``dare`` kernel, so a search costs no further copies."""
+    (q, seed) with the fused ``dare`` kernel, so a search costs no further copies.
+
+    preset: "encoder" or "decoder" sets seeds, top_k and drop_outlier to the published
+    objective (:data:`REFERENCE_OBJECTIVES`); None (default) keeps the arguments as given."""
+    if preset is not None:
+        if preset not in REFERENCE_OBJECTIVES:
+            raise ValueError(f"preset must be one of {tuple(REFERENCE_OBJECTIVES)} or None, got {preset!r}")
+        seeds, top_k, drop_outlier = (REFERENCE_OBJECTIVES[preset][k] for k in ("seeds", "top_k", "drop_outlier"))
     batches = list(batches)
     pairs = _delta_pairs(finetuned, base, include)
     work = copy.deepcopy(finetuned)
 
     def objective(q: float) -> float:
         return output_change(finetuned, lambda s: _write_dare(work, pairs, p, q, s), batches,
-                             seeds=seeds, top_k=top_k)
+                             seeds=seeds, top_k=top_k, drop_outlier=drop_outlier)
 
     return objective

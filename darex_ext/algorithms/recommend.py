@@ -29,7 +29,7 @@ import torch
 from ..ops import _checks
 from . import _args
 
-__all__ = ["TensorStats", "DeltaStats", "Recommendation", "delta_stats", "recommend",
+__all__ = ["TensorStats", "DeltaStats", "Recommendation", "delta_stats", "tensor_stats", "recommend",
            "LARGE_MEAN_ABS", "LARGE_STD", "OUTLIER_FACTOR", "OUTLIER_RATIO", "EXTREME_P"]
 
 LARGE_MEAN_ABS = 0.005
@@ -67,6 +67,20 @@ class DeltaStats:
     def std(self) -> float:
         return self.var ** 0.5
 
+    @classmethod
+    def combine(cls, per: dict) -> "DeltaStats":
+        """Model-level statistics from per-tensor ones: mean |delta|, mean and outlier ratio
+        numel-weighted; the variance of all entries pooled (within plus between tensors)."""
+        n = sum(s.numel for s in per.values())
+        if n == 0:
+            return cls(0, 0.0, 0.0, 0.0, 0.0, 0.0, dict(per))
+        mean = sum(s.mean * s.numel for s in per.values()) / n
+        second = sum((s.var + s.mean ** 2) * s.numel for s in per.values()) / n
+        return cls(numel=n, mean_abs=sum(s.mean_abs * s.numel for s in per.values()) / n, mean=mean,
+                   var=max(second - mean ** 2, 0.0),
+                   outlier_ratio=sum(s.outlier_ratio * s.numel for s in per.values()) / n,
+                   max_abs=max(s.max_abs for s in per.values()), per_tensor=dict(per))
+
 
 @dataclass
 class Recommendation:
@@ -76,6 +90,12 @@ class Recommendation:
     q: str | None          # "empirical" | "analytic" | None
     reasons: list[str]
     stats: DeltaStats
+
+
+def tensor_stats(t: torch.Tensor, outlier_factor: float = OUTLIER_FACTOR) -> TensorStats:
+    """:class:`TensorStats` of one delta tensor (streamed callers combine them with
+    :meth:`DeltaStats.combine`)."""
+    return _tensor_stats(t, outlier_factor)
 
 
 def _tensor_stats(t: torch.Tensor, outlier_factor: float) -> TensorStats:
@@ -106,20 +126,7 @@ def delta_stats(deltas, *, outlier_factor: float = OUTLIER_FACTOR) -> DeltaStats
     for name, t in deltas.items():
         _checks.tensor(t, f"deltas[{name!r}]")
         per[name] = _tensor_stats(t, outlier_factor)
-    n = sum(s.numel for s in per.values())
-    if n == 0:
-        return DeltaStats(0, 0.0, 0.0, 0.0, 0.0, 0.0, per)
-    mean = sum(s.mean * s.numel for s in per.values()) / n
-    second = sum((s.var + s.mean ** 2) * s.numel for s in per.values()) / n
-    return DeltaStats(
-        numel=n,
-        mean_abs=sum(s.mean_abs * s.numel for s in per.values()) / n,
-        mean=mean,
-        var=max(second - mean ** 2, 0.0),
-        outlier_ratio=sum(s.outlier_ratio * s.numel for s in per.values()) / n,
-        max_abs=max(s.max_abs for s in per.values()),
-        per_tensor=per,
-    )
+    return DeltaStats.combine(per)
 
 
 def recommend(stats, p: float, *, has_labels: bool = False, has_calibration_data: bool = True,

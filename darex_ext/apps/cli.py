@@ -68,5 +68,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "darex") -> int:
         if args.traceback:
             raise
         reason = " ".join(str(exc).split()) or type(exc).__name__
+        # The library names its keyword; on the command line the flag is what to pass.
+        reason = reason.replace("(pass overwrite=True to replace it)", "(pass --overwrite to replace it)")
         print(f"{prog} {args.command}: error: {type(exc).__name__}: {reason}", file=sys.stderr)
         return 1

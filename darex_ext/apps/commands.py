@@ -57,6 +57,35 @@ def _q(text: str) -> float:
     return _number(text, "--q", check_q)
 
 
+def _q_or_auto(text: str):
+    return "auto" if text == "auto" else _q(text)
+
+
+def _eta(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid eta {text!r} (a number > 0 or 'auto')") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"--eta must be a finite number > 0, got {text}")
+    return value
+
+
+def _positive_int(option: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{option} must be >= 1, got {text}")
+        return value
+
+    return parse
+
+
 def _finite_number(value: float, option: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{option} must be a finite number, got {value}")
@@ -102,16 +131,50 @@ def add_model_commands(sub) -> None:
     p.add_argument("--method", choices=("dare", "darex-q", "magnitude", "wanda", "dppa"), default="dare")
     p.add_argument("-p", type=_drop_rate, default=0.9, help="drop rate in [0, 1) (default 0.9)")
     qs = p.add_mutually_exclusive_group()
-    qs.add_argument("--q", type=_q, default=None, help="rescale kept entries by 1/Q (darex-q; magnitude/wanda)")
-    qs.add_argument("--q-mode", choices=("analytic",), default=None,
-                    help="analytic: per-row q from DAREx Algorithm 3 (needs --stats)")
+    qs.add_argument("--q", type=_q_or_auto, default=None, metavar="Q|auto",
+                    help="rescale kept entries by 1/Q (darex-q; magnitude/wanda); 'auto': the label-free "
+                         "search on the output change over --calibration text (darex-q)")
+    qs.add_argument("--q-mode", choices=("analytic", "learned"), default=None,
+                    help="analytic: DAREx's analytic q per Linear (needs --stats or --calibration); "
+                         "learned: one q per Linear trained on the output change (needs --calibration)")
     p.add_argument("--stats", default=None, metavar="FILE",
-                   help="safetensors of per-module input statistics: '<module>.x_mean' (analytic q), "
-                        "'<module>.act_norm' (wanda)")
+                   help="safetensors of per-module input statistics (`darex calibrate`): '<module>.x_mean' "
+                        "(analytic q), '<module>.act_norm' (wanda)")
+    p.add_argument("--calibration", default=None, metavar="TEXTFILE",
+                   help="unlabeled text the models run on (transformers model directories) for --q auto, "
+                        "--q-mode learned, --eta auto, or analytic q without --stats")
+    p.add_argument("--samples", type=_positive_int("--samples"), default=50, metavar="N",
+                   help="calibration windows (default 50, as published)")
+    p.add_argument("--seq-len", type=_positive_int("--seq-len"), default=128, metavar="L",
+                   help="tokens per calibration window (default 128)")
+    p.add_argument("--eta", type=_eta, default=0.45, metavar="E|auto",
+                   help="analytic q's eta (default 0.45); 'auto': the label-free search over --eta-grid")
+    p.add_argument("--precision", choices=("reference", "float64"), default="reference",
+                   help="analytic q: 'reference' replays the published float16 scan (default); 'float64'")
+    p.add_argument("--per-row", action="store_true", help="analytic q per output row (published: the layer mean)")
+    p.add_argument("--two-sided", action="store_true", help="analytic q with |S| (not the published procedure)")
+    p.add_argument("--q-grid", default=None, metavar="LO:HI:STEP",
+                   help="--q auto's first-round grid (default 1-p : min(1, 1.5-p) : a tenth of that)")
+    p.add_argument("--eta-grid", default=None, metavar="LO:HI:STEP", help="--eta auto's grid (default 0.1:1.5:0.1)")
     p.add_argument("--format", choices=("dense", "seeded", "bitmask", "csr"), default="dense",
                    help="dense: a model directory; others: OUT/delta.safetensors + copied config")
     p.add_argument("--dry-run", action="store_true", help="check and print the plan, write nothing")
     _common(p, output_required=False)
+
+    p = sub.add_parser("calibrate", help="per-Linear input statistics of a model on a text (for analytic q, WANDA)",
+                       description="Run MODEL (a transformers model directory) on windows of TEXT and write every "
+                                   "nn.Linear's mean input '<module>.x_mean' and input norm '<module>.act_norm' "
+                                   "(float32) to a safetensors file, the file `darex prune --stats` reads.")
+    p.add_argument("model", metavar="MODEL", help="transformers model directory (the fine-tuned model, as published)")
+    p.add_argument("--text", required=True, metavar="FILE", help="unlabeled calibration text (UTF-8)")
+    p.add_argument("--samples", type=_positive_int("--samples"), default=50, metavar="N",
+                   help="windows drawn from the text (default 50, as published)")
+    p.add_argument("--seq-len", type=_positive_int("--seq-len"), default=128, metavar="L",
+                   help="tokens per window (default 128)")
+    p.add_argument("--seed", type=_seed, default=0, help="window offsets: random.Random(SEED) (default 0)")
+    p.add_argument("-o", "--output", required=True, metavar="STATS", help="output .safetensors file")
+    p.add_argument("--overwrite", action="store_true", help="replace STATS if it exists")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu | cuda | cuda:N")
 
     p = sub.add_parser("apply", help="rebuild a model from a base and a delta",
                        description="Write BASE + DELTA (a directory from `darex prune --format seeded|bitmask|csr`).")
@@ -119,19 +182,42 @@ def add_model_commands(sub) -> None:
     p.add_argument("delta", metavar="DELTA", help="delta directory (or its delta.safetensors)")
     _common(p, select=False)
 
-    p = sub.add_parser("merge", help="merge fine-tunes of one base (task arithmetic, TIES, DARE-TIES, DARE-linear)",
-                       description="Merge FT1 FT2 ... into BASE, one tensor of every model at a time.")
-    p.add_argument("base", metavar="BASE")
-    p.add_argument("finetuned", metavar="FT", nargs="+")
-    p.add_argument("--method", choices=("task-arithmetic", "ties", "dare-ties", "dare-linear"), default="ties")
+    p = sub.add_parser("merge", help="merge fine-tunes of one base (task arithmetic, TIES, DARE, breadcrumbs, DELLA, SCE, DPPA)",
+                       description="Merge FT1 FT2 ... into BASE, one tensor of every model at a time; or the "
+                                   "merge a mergekit YAML describes (--config).")
+    p.add_argument("base", metavar="BASE", nargs="?")
+    p.add_argument("finetuned", metavar="FT", nargs="*")
+    p.add_argument("--config", default=None, metavar="YML",
+                   help="a mergekit merge config (models, base_model, merge_method, parameters, dtype) instead of "
+                        "BASE FT... and the method options")
+    p.add_argument("--method", choices=("task-arithmetic", "ties", "dare-ties", "dare-linear", "breadcrumbs",
+                                        "breadcrumbs-ties", "della", "della-linear", "sce", "dppa"), default=None,
+                   help="(default: ties)")
     p.add_argument("--weights", type=_finite("--weights"), nargs="+", default=None, help="one weight per fine-tune")
-    p.add_argument("-p", type=_drop_rate, default=None, help="drop rate (TIES trim, default 0.8; required for DARE)")
+    p.add_argument("-p", type=_drop_rate, default=None,
+                   help="drop rate (TIES trim, default 0.8; required for DARE and DPPA)")
     p.add_argument("--q", type=_q, default=None, help="DARE variants: rescale by 1/Q instead of 1/(1-p)")
-    p.add_argument("--lambda", dest="lam", type=_finite("--lambda"), default=1.0, help="scale of the merged delta")
+    p.add_argument("--lambda", dest="lam", type=_finite("--lambda"), default=None,
+                   help="scale of the merged delta (default 1)")
     norm = p.add_mutually_exclusive_group()
     norm.add_argument("--normalize", dest="normalize", action="store_true", default=None,
                       help="divide by the summed weights (default: TIES only)")
     norm.add_argument("--no-normalize", dest="normalize", action="store_false")
+    p.add_argument("--alpha-hi", type=_finite("--alpha-hi"), default=None,
+                   help="dppa: factor of the entries DP keeps at -p (default 1.8, the authors' start)")
+    p.add_argument("--alpha-lo", type=_finite("--alpha-lo"), default=None,
+                   help="dppa: factor of the entries DP keeps only at p - WIDTH (default 0.0)")
+    p.add_argument("--width", type=_finite("--width"), default=None,
+                   help="dppa: gap between DP's two drop rates (default 0.1: the authors' 0.9 and 0.8)")
+    p.add_argument("--gamma", type=_finite("--gamma"), default=None,
+                   help="breadcrumbs: fraction of largest entries dropped as outliers (default 0.01)")
+    p.add_argument("--epsilon", type=_finite("--epsilon"), default=None,
+                   help="della: keep probabilities span density +/- EPSILON (default 0.15)")
+    p.add_argument("--consensus", choices=("sum", "count"), default=None,
+                   help="sign election of the TIES family (default sum)")
+    p.add_argument("--rescale", choices=("none", "l1", "l2", "linf", "q"), default=None,
+                   help="rescale kept entries: to the delta's norm (l1/l2/linf), by 1/(1-p) (q, DARE's default), "
+                        "or not (none)")
     _common(p)
 
     p = sub.add_parser("inspect", help="per-tensor table of a delta or model",
@@ -140,7 +226,13 @@ def add_model_commands(sub) -> None:
     p.add_argument("--base", default=None, help="for a model PATH: show delta statistics against BASE")
     p.add_argument("--limit", type=int, default=0, help="show at most N tensors (0: all)")
     p.add_argument("-p", type=float, default=0.99,
-                   help="drop rate the recommendation is for (default 0.99; a delta's own p wins)")
+                   help="drop rate the model-level recommendation is for (default 0.99)")
+    p.add_argument("--calibration", default=None, metavar="TEXTFILE",
+                   help="with --base: measure DARE, DAREx-q (auto, analytic) and magnitude by the label-free "
+                        "output change on this text and recommend the best (transformers model directories)")
+    p.add_argument("--samples", type=_positive_int("--samples"), default=50, metavar="N")
+    p.add_argument("--seq-len", type=_positive_int("--seq-len"), default=128, metavar="L")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu | cuda | cuda:N (with --calibration)")
 
     p = sub.add_parser("demo", help="build a small model pair, prune it with DARE and DAREx-q, print a table",
                        description="Pretrain and fine-tune a small model on a toy task, prune the delta at "
@@ -171,33 +263,73 @@ def _usable_device(device: str) -> None:
     check_device(device)
 
 
-def _prune(args, parser) -> int:
-    from ..pipeline import PruneConfig, plan_prune, prune_model
+def _prune_config(args, parser):
+    from ..pipeline import PruneConfig
+    from ..pipeline.q_choice import parse_grid
 
-    _usable_device(args.device)
+    q_mode = "auto" if args.q == "auto" else (args.q_mode or "fixed")
     try:
-        cfg = PruneConfig(method=args.method, p=args.p, q=args.q, q_mode=args.q_mode or "fixed", seed=args.seed,
-                          format=args.format, preset=args.preset, include=tuple(args.include),
-                          exclude=tuple(args.exclude), device=args.device, stats=args.stats)
+        return PruneConfig(method=args.method, p=args.p, q=None if args.q == "auto" else args.q, q_mode=q_mode,
+                           seed=args.seed, format=args.format, preset=args.preset, include=tuple(args.include),
+                           exclude=tuple(args.exclude), device=args.device, stats=args.stats,
+                           calibration=args.calibration, samples=args.samples, seq_len=args.seq_len, eta=args.eta,
+                           precision=args.precision, per_row=args.per_row, two_sided=args.two_sided,
+                           q_grid=None if args.q_grid is None else parse_grid(args.q_grid, "--q-grid"),
+                           eta_grid=None if args.eta_grid is None else parse_grid(args.eta_grid, "--eta-grid"))
     except ValueError as exc:
         parser.error(str(exc))
+
+
+def _prune(args, parser) -> int:
+    from ..pipeline import plan_prune, prune_model
+    from ..pipeline.q_choice import choose_q
+
+    _usable_device(args.device)
+    cfg = _prune_config(args, parser)
+    if not args.dry_run:
+        if args.output is None:
+            parser.error("the following arguments are required: -o/--output")
+        if os.path.lexists(args.output) and not args.overwrite:  # before any q search runs
+            raise FileExistsError(f"output {args.output!r} already exists (pass --overwrite to replace it)")
+    plan = plan_prune(args.base, args.finetuned, cfg)
+    choice = None
+    if cfg.method == "darex-q" and cfg.q_mode != "fixed":
+        choice = choose_q(args.base, args.finetuned, cfg, plan.selected)  # errors: one line, exit 1
     if args.dry_run:
-        plan = plan_prune(args.base, args.finetuned, cfg)
+        q = f" q={cfg.q}" if cfg.q is not None else (f" q={choice.q:.6g}" if choice and choice.q is not None else "")
         print(f"plan: prune {len(plan.selected)} of {plan.tensors} tensors ({plan.params_selected:,} parameters) "
-              f"with {cfg.method} p={cfg.p}" + (f" q={cfg.q}" if cfg.q is not None else "")
-              + f", format {cfg.format}, {args.workers} worker(s); nothing written")
-        for note in plan.notes:
+              f"with {cfg.method} p={cfg.p}{q}, format {cfg.format}, {args.workers} worker(s); nothing written")
+        for note in (choice.notes if choice else []) + plan.notes:
             print(f"note: {note}")
         for name in plan.selected:
             print(f"  {name}")
         return 0
-    if args.output is None:
-        parser.error("the following arguments are required: -o/--output")
     summary = prune_model(args.base, args.finetuned, args.output, cfg, workers=args.workers,
-                          overwrite=args.overwrite, show_progress=not args.quiet)
+                          overwrite=args.overwrite, show_progress=not args.quiet, q_choice=choice)
     for note in summary.get("notes", []):
         print(f"note: {note}", file=sys.stderr)
     _print_summary(f"pruned {summary['selected']} of {summary['tensors']} tensors", summary, args.output)
+    return 0
+
+
+def _calibrate(args, parser) -> int:
+    from ..algorithms.input_stats import collect_input_stats
+    from ..pipeline.calibration import calibration_batches, load_model, read_text, write_stats
+
+    _usable_device(args.device)
+    if os.path.lexists(args.output) and not args.overwrite:  # before the model runs
+        raise FileExistsError(f"output {args.output!r} already exists (pass --overwrite to replace it)")
+    text = read_text(args.text, "--text")
+    model = load_model(args.model, "MODEL", args.device)
+    batches = calibration_batches(args.model, text, samples=args.samples, seq_len=args.seq_len, seed=args.seed,
+                                  device=args.device, option="--text")
+    stats = collect_input_stats(model, batches)
+    tokens = sum(int(b["input_ids"].numel()) for b in batches)
+    count = write_stats(stats, args.output, overwrite=args.overwrite, metadata={
+        "darex.calibration.model": os.path.abspath(args.model), "darex.calibration.tokens": str(tokens),
+        "darex.calibration.samples": str(args.samples), "darex.calibration.seq_len": str(args.seq_len),
+        "darex.calibration.seed": str(args.seed)})
+    print(f"calibrated {len(stats)} Linear layers on {tokens} tokens -> {args.output} ({count} tensors)")
     return 0
 
 
@@ -211,14 +343,48 @@ def _apply(args, parser) -> int:
     return 0
 
 
+def _merge_config(args, parser) -> int:
+    """`darex merge --config CFG -o OUT`: the YAML names the models and every merge parameter."""
+    from ..pipeline import merge_models
+    from ..pipeline.merge_config import MergeConfigError, read_merge_config
+
+    given = [opt for opt, value in (("BASE FT...", args.base), ("--method", args.method), ("--weights", args.weights),
+                                    ("-p", args.p), ("--q", args.q), ("--lambda", args.lam),
+                                    ("--normalize/--no-normalize", args.normalize), ("--alpha-hi", args.alpha_hi),
+                                    ("--alpha-lo", args.alpha_lo), ("--width", args.width), ("--gamma", args.gamma),
+                                    ("--epsilon", args.epsilon), ("--consensus", args.consensus),
+                                    ("--rescale", args.rescale)) if value is not None]
+    if given:
+        parser.error(f"--config names the models and the merge parameters; drop {', '.join(given)}")
+    try:
+        recipe = read_merge_config(args.config, seed=args.seed, preset=args.preset, include=tuple(args.include),
+                                   exclude=tuple(args.exclude), device=args.device)
+    except OSError as exc:
+        parser.error(f"--config {args.config}: {exc.strerror or exc}")
+    except MergeConfigError as exc:
+        parser.error(f"--config {args.config}: {exc}")
+    summary = merge_models(recipe.base, list(recipe.finetuned), args.output, recipe.config, workers=args.workers,
+                           overwrite=args.overwrite, show_progress=not args.quiet)
+    _print_summary(f"merged {len(recipe.finetuned)} fine-tunes ({recipe.method})", summary, args.output)
+    return 0
+
+
 def _merge(args, parser) -> int:
     from ..pipeline import MergeConfig, merge_models
 
     _usable_device(args.device)
+    if args.config is not None:
+        return _merge_config(args, parser)
+    if args.base is None or not args.finetuned:
+        parser.error("the following arguments are required: BASE FT... (or --config YML)")
+    args.method = args.method or "ties"
     try:
         cfg = MergeConfig(method=args.method, weights=tuple(args.weights) if args.weights else None, p=args.p,
-                          q=args.q, lam=args.lam, normalize=args.normalize, seed=args.seed, preset=args.preset,
-                          include=tuple(args.include), exclude=tuple(args.exclude), device=args.device)
+                          q=args.q, lam=1.0 if args.lam is None else args.lam, normalize=args.normalize,
+                          seed=args.seed, preset=args.preset,
+                          include=tuple(args.include), exclude=tuple(args.exclude), device=args.device,
+                          alpha_hi=args.alpha_hi, alpha_lo=args.alpha_lo, width=args.width, gamma=args.gamma,
+                          epsilon=args.epsilon, consensus=args.consensus, rescale=args.rescale)
     except ValueError as exc:
         parser.error(str(exc))
     if cfg.weights is not None and len(cfg.weights) != len(args.finetuned):
@@ -234,7 +400,8 @@ def _inspect(args, parser) -> int:
 
     if not 0.0 < args.p < 1.0:
         parser.error(f"-p must be in (0, 1), got {args.p}")
-    inspect_path(args.path, base=args.base, limit=args.limit, p=args.p, out=sys.stdout)
+    inspect_path(args.path, base=args.base, limit=args.limit, p=args.p, out=sys.stdout,
+                 calibration=args.calibration, samples=args.samples, seq_len=args.seq_len, device=args.device)
     return 0
 
 
@@ -247,4 +414,4 @@ def _demo(args, parser) -> int:
     return 0
 
 
-MODEL_COMMANDS = {"prune": _prune, "apply": _apply, "merge": _merge, "inspect": _inspect, "demo": _demo}
+MODEL_COMMANDS = {"calibrate": _calibrate, "prune": _prune, "apply": _apply, "merge": _merge, "inspect": _inspect, "demo": _demo}

@@ -14,18 +14,19 @@ bit for bit. Tensors that are not selected are copied from the fine-tuned model.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 
 from .._version import __version__
 from .. import storage
-from ..algorithms.dppa import dppa_densities
-from ..algorithms.prune_tensor import PRUNE_METHODS, RANDOM_METHODS, prune_tensor, tensor_q
+from ..algorithms.dppa import DPPADensities, dppa_densities, group_shapes_by_block
+from ..algorithms.prune_tensor import PRUNE_METHODS, RANDOM_METHODS, prune_tensor
 from ..ops import dare
 from ..seeds import resolve_seed, tensor_seed
 from ._malloc import fixed_mmap_threshold
@@ -38,7 +39,7 @@ from .workers import run_workers
 from .writer import layout_of
 
 __all__ = ["PruneConfig", "METHODS", "FORMATS", "plan_prune", "prune_model", "prune_delta", "dense_tensor", "dppa_rates",
-           "bitwise_equal"]
+           "dppa_model_densities", "bitwise_equal"]
 
 METHODS = PRUNE_METHODS
 FORMATS = ("dense", "seeded", "bitmask", "csr")
@@ -51,7 +52,9 @@ class PruneConfig:
     method: str = "dare"
     p: float = 0.9
     q: float | None = None
-    q_mode: str = "fixed"          # "fixed" (q or 1-p) | "analytic" (per-row, needs stats)
+    # darex-q's q (see pipeline/q_choice.py): "fixed" (--q), "auto" (label-free search on the
+    # calibration text), "analytic" (from --stats or --calibration), "learned" (per layer)
+    q_mode: str = "fixed"
     seed: int = 0
     format: str = "dense"
     preset: str = "all"
@@ -59,9 +62,20 @@ class PruneConfig:
     exclude: tuple[str, ...] = field(default_factory=tuple)
     device: str = "cpu"
     stats: str | None = None       # safetensors with "<module>.x_mean" / "<module>.act_norm"
+    calibration: str | None = None  # text file: model inputs for auto / learned / analytic q
+    samples: int = 50               # calibration windows ...
+    seq_len: int = 128              # ... of this many tokens (as published)
+    eta: float | str = 0.45         # analytic q's eta, or "auto" (label-free search)
+    precision: str = "reference"    # analytic q: "reference" (float16, published) | "float64"
+    per_row: bool = False           # analytic q: per-row instead of the layer mean
+    two_sided: bool = False         # analytic q: |S| (not the published procedure)
+    stop_iter: float = 0.8
+    q_grid: tuple[float, float, float] | None = None    # --q auto's LO:HI:STEP
+    eta_grid: tuple[float, float, float] | None = None  # --eta auto's LO:HI:STEP
 
     def __post_init__(self):
         from .compat import check_device, check_drop_rate, check_q
+        from .q_choice import Q_MODES
 
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
@@ -72,17 +86,35 @@ class PruneConfig:
         check_drop_rate(self.p, "p")
         if self.q is not None:
             check_q(self.q, "q")
-        if self.q_mode not in ("fixed", "analytic"):
-            raise ValueError(f"q_mode must be 'fixed' or 'analytic', got {self.q_mode!r}")
-        if self.method == "dare" and (self.q is not None or self.q_mode == "analytic"):
+        if self.q_mode not in Q_MODES:
+            raise ValueError(f"q_mode must be one of {Q_MODES}, got {self.q_mode!r}")
+        if self.method == "dare" and (self.q is not None or self.q_mode != "fixed"):
             raise ValueError("method 'dare' rescales by 1/(1-p); use --method darex-q to set q")
-        if self.method == "darex-q" and self.q is None and self.q_mode != "analytic":
-            raise ValueError("method 'darex-q' needs --q Q or --q-mode analytic")
-        if self.q_mode == "analytic" and self.method != "darex-q":
-            raise ValueError("--q-mode analytic applies to --method darex-q")
-        if (self.q_mode == "analytic" or self.method == "wanda") and self.stats is None:
-            raise ValueError(f"{'--q-mode analytic' if self.method != 'wanda' else '--method wanda'} "
-                             "needs --stats (a safetensors file of per-module input statistics)")
+        if self.q_mode != "fixed" and self.method != "darex-q":
+            raise ValueError(f"--q-mode {self.q_mode} applies to --method darex-q")
+        if self.method == "darex-q" and self.q is None and self.q_mode == "fixed":
+            raise ValueError("method 'darex-q' needs --q Q, --q auto or --q-mode analytic|learned")
+        if self.q_mode in ("auto", "learned") and self.calibration is None:
+            what = "--q auto" if self.q_mode == "auto" else "--q-mode learned"
+            raise ValueError(f"{what} needs --calibration TEXTFILE (unlabeled text to run the models on)")
+        if self.q_mode == "analytic" and self.stats is None and self.calibration is None:
+            raise ValueError("--q-mode analytic needs --stats FILE (from `darex calibrate`) or --calibration TEXTFILE")
+        if self.eta == "auto":
+            if self.calibration is None:
+                raise ValueError("--eta auto needs --calibration TEXTFILE")
+        elif isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not math.isfinite(self.eta) \
+                or self.eta <= 0:
+            raise ValueError(f"--eta must be a finite number > 0 or 'auto', got {self.eta!r}")
+        if self.precision not in ("reference", "float64"):
+            raise ValueError(f"--precision must be 'reference' or 'float64', got {self.precision!r}")
+        if not (isinstance(self.samples, int) and self.samples >= 1):
+            raise ValueError(f"--samples must be a positive integer, got {self.samples!r}")
+        if not (isinstance(self.seq_len, int) and self.seq_len >= 2):
+            raise ValueError(f"--seq-len must be an integer >= 2, got {self.seq_len!r}")
+        if self.calibration is not None and not os.path.isfile(self.calibration):
+            raise ValueError(f"--calibration: no such file: {self.calibration!r}")
+        if self.method == "wanda" and self.stats is None:
+            raise ValueError("--method wanda needs --stats (a safetensors file of per-module input statistics)")
         if self.format == "seeded" and self.method not in RANDOM_METHODS:
             raise ValueError(f"format 'seeded' stores a DARE mask by its seed; method {self.method!r} "
                              "is not seeded (use bitmask or csr)")
@@ -117,26 +149,30 @@ class _Stats:
         return self._handle.get_tensor(key) if key in self._keys else None
 
 
-def _q_for(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats):
-    x_mean = stats.get(name, "x_mean") if cfg.q_mode == "analytic" else None
-    return tensor_q(delta, cfg.p, cfg.q, x_mean=x_mean)
+def _q_for(name: str, cfg: PruneConfig, q_table: Mapping | None):
+    # q_table: the per-tensor q that pipeline/q_choice.py chose (names it lacks use 1 - p, and
+    # the plan said so); otherwise the config's one q (None: 1 - p).
+    if q_table is not None:
+        return q_table.get(name)
+    return cfg.q
 
 
 def prune_delta(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats | None = None, *,
-                drop_rates: dict[str, float] | None = None) -> torch.Tensor:
+                drop_rates: dict[str, float] | None = None, q_table: Mapping | None = None) -> torch.Tensor:
     """Prune one tensor's delta in place, exactly as `darex prune` does; returns it.
 
     dppa: `drop_rates` are the per-tensor drop rates of DPPA's dynamic pruning (`dppa_rates`);
-    a tensor DPPA does not group into a block is magnitude-pruned at p.
+    a tensor DPPA does not group into a block keeps its whole delta, as the authors prune only
+    the blocks' Linear weights.
     """
     stats = stats or _Stats(None)
     if cfg.method == "dppa" and drop_rates is None:
         raise ValueError("method 'dppa' needs drop_rates (see dppa_rates)")
     if cfg.method in RANDOM_METHODS:
-        return prune_tensor(delta, cfg.method, cfg.p, q=_q_for(name, delta, cfg, stats),
+        return prune_tensor(delta, cfg.method, cfg.p, q=_q_for(name, cfg, q_table),
                             seed=tensor_seed(cfg.seed, name))
     act = stats.get(name, "act_norm") if cfg.method == "wanda" else None
-    rate = drop_rates.get(name) if drop_rates is not None else None
+    rate = drop_rates.get(name, 0.0) if drop_rates is not None else None
     return prune_tensor(delta, cfg.method, cfg.p, q=cfg.q, act_norm=act, drop_rate=rate)
 
 
@@ -159,15 +195,29 @@ class _LazyDeltas(Mapping):
         return len(self._names)
 
 
+def dppa_model_densities(base: Checkpoint, finetuned: Checkpoint, selected: list[str], p: float,
+                         **options) -> DPPADensities:
+    """DPPA dynamic pruning's densities for the selected matrices, grouped into blocks from the
+    header (two extra reads of each grouped matrix of both models, one tensor at a time; see
+    darex_ext.algorithms.dppa_densities, which takes `options`)."""
+    shapes = {n: finetuned.infos[n].shape for n in selected if len(finetuned.infos[n].shape) == 2}
+    blocks = group_shapes_by_block(shapes)
+    if not blocks:
+        raise ValueError("DPPA: no selected matrix belongs to a transformer block "
+                         "(names like model.layers.<i>.*); check --preset / --include")
+    names = [n for members in blocks.values() for n in members]
+    return dppa_densities(_LazyDeltas(base, finetuned, names), p, blocks=blocks, **options)
+
+
 def dppa_rates(base: Checkpoint, finetuned: Checkpoint, selected: list[str], p: float) -> dict[str, float]:
-    """DPPA dynamic pruning's per-tensor drop rates for the selected matrices (one extra read of
-    both models; see darex_ext.algorithms.dppa_densities)."""
-    matrices = [n for n in selected if len(finetuned.infos[n].shape) == 2]
-    return dppa_densities(_LazyDeltas(base, finetuned, matrices), p).drop_rates()
+    """DPPA dynamic pruning's per-tensor drop rates for the selected matrices (see
+    dppa_model_densities)."""
+    return dppa_model_densities(base, finetuned, selected, p).drop_rates()
 
 
 def dense_tensor(name: str, base: torch.Tensor, finetuned: torch.Tensor, cfg: PruneConfig,
-                 stats: _Stats | None = None, drop_rates: dict[str, float] | None = None) -> torch.Tensor:
+                 stats: _Stats | None = None, drop_rates: dict[str, float] | None = None,
+                 q_table: Mapping | None = None) -> torch.Tensor:
     """base + pruned delta for one tensor, bit for bit what `darex apply` computes from the delta
     file: SparseDelta.add_to_ changes only the stored entries, each rounded once from float32
     (float64), so a dropped entry keeps base's exact bits.
@@ -180,32 +230,33 @@ def dense_tensor(name: str, base: torch.Tensor, finetuned: torch.Tensor, cfg: Pr
     stats = stats or _Stats(None)
     if cfg.method in RANDOM_METHODS:
         seed = tensor_seed(cfg.seed, name)
-        if base.dtype in (torch.float32, torch.float64) and cfg.q_mode != "analytic":
-            return dare(finetuned, base, cfg.p, cfg.q, seed=seed, out=base)
+        q = _q_for(name, cfg, q_table)
+        if isinstance(q, torch.Tensor):
+            q = q.to(base.device)
         if base.dtype in (torch.float32, torch.float64):
-            q = _q_for(name, torch.sub(finetuned, base), cfg, stats)
             return dare(finetuned, base, cfg.p, q, seed=seed, out=base)
         delta = torch.sub(finetuned, base, out=finetuned)
-        q = _q_for(name, delta, cfg, stats)
         # A seeded delta stores every kept entry: its add touches exactly the mask's entries.
         storage.compress_dare(delta, cfg.p, q, seed=seed).add_to_(base)
         return base
-    delta = prune_delta(name, torch.sub(finetuned, base, out=finetuned), cfg, stats, drop_rates=drop_rates)
+    delta = prune_delta(name, torch.sub(finetuned, base, out=finetuned), cfg, stats, drop_rates=drop_rates,
+                        q_table=q_table)
     # bitmask/csr store the nonzero entries: only those are added, the rest keep base's bits.
     storage.compress(delta, format="bitmask").add_to_(base)
     return base
 
 
-def _compress(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats, drop_rates):
+def _compress(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats, drop_rates, q_table=None):
     delta = delta.cpu()  # the storage encoders run on the CPU
 
     if cfg.format == "seeded":
-        q = _q_for(name, delta, cfg, stats)
+        q = _q_for(name, cfg, q_table)
         return storage.compress_dare(delta, cfg.p, q, seed=tensor_seed(cfg.seed, name), format="seeded",
                                      method=cfg.method)
-    pruned = prune_delta(name, delta, cfg, stats, drop_rates=drop_rates)
-    q = cfg.q if isinstance(cfg.q, float) else None
-    return storage.compress(pruned, format=cfg.format, method=cfg.method, p=cfg.p, q=q)
+    pruned = prune_delta(name, delta, cfg, stats, drop_rates=drop_rates, q_table=q_table)
+    q = _q_for(name, cfg, q_table) if cfg.method in RANDOM_METHODS else cfg.q
+    return storage.compress(pruned, format=cfg.format, method=cfg.method, p=cfg.p,
+                            q=q if isinstance(q, (float, torch.Tensor)) else None)
 
 
 @dataclass
@@ -229,7 +280,7 @@ def plan_prune(base: str, finetuned: str, cfg: PruneConfig) -> Plan:
 
 
 def _job(group, base: str, finetuned: str, out: str, cfg: PruneConfig, overwrite: bool,
-         show_progress: bool) -> dict[str, Any]:
+         show_progress: bool, q_table: Mapping | None = None) -> dict[str, Any]:
     fixed_mmap_threshold()
     start = time.perf_counter()
     plan = plan_prune(base, finetuned, cfg)
@@ -256,7 +307,7 @@ def _job(group, base: str, finetuned: str, out: str, cfg: PruneConfig, overwrite
                 ft, base_t = reads.get(name)
                 if name not in selected:
                     return ft
-                return dense_tensor(name, base_t.to(device), ft.to(device), cfg, stats, drop_rates).cpu()
+                return dense_tensor(name, base_t.to(device), ft.to(device), cfg, stats, drop_rates, q_table).cpu()
 
             summary = write_model(group, out, layout, compute, side_dir=f.directory, side_files=side,
                                   overwrite=overwrite, show_progress=show_progress, desc="pruning")
@@ -276,7 +327,7 @@ def _job(group, base: str, finetuned: str, out: str, cfg: PruneConfig, overwrite
             ft = ft.to(device)
             delta = torch.sub(ft, base_t, out=ft)
             del ft, base_t
-            return "delta", _compress(name, delta, cfg, stats, drop_rates).to("cpu")
+            return "delta", _compress(name, delta, cfg, stats, drop_rates, q_table).to("cpu")
 
         metadata = {"darex.version": __version__, "darex.method": cfg.method, "darex.p": repr(cfg.p),
                     "darex.q": "" if cfg.q is None else repr(cfg.q), "darex.q_mode": cfg.q_mode,
@@ -297,13 +348,26 @@ def _job(group, base: str, finetuned: str, out: str, cfg: PruneConfig, overwrite
 
 def prune_model(base: str | os.PathLike, finetuned: str | os.PathLike, out: str | os.PathLike,
                 config: PruneConfig | None = None, *, workers: int = 1, overwrite: bool = False,
-                show_progress: bool = False) -> dict[str, Any]:
+                show_progress: bool = False, q_choice=None) -> dict[str, Any]:
     """Prune `finetuned` against `base` into `out` (a model directory for format "dense",
-    else a directory with delta.safetensors). Checks everything before writing anything."""
+    else a directory with delta.safetensors). Checks everything before writing anything.
+
+    darex-q with q_mode auto / analytic / learned chooses q first (pipeline/q_choice.py; pass a
+    precomputed `q_choice` to skip that); the summary's "notes" start with the plan lines."""
     cfg = config or PruneConfig()
     base, finetuned, out = os.fspath(base), os.fspath(finetuned), os.fspath(out)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    plan_prune(base, finetuned, cfg)  # fail before any worker starts
-    return run_workers(_job, (base, finetuned, out, cfg, overwrite, show_progress), workers=workers,
-                       device=cfg.device, output=(out, overwrite))
+    plan = plan_prune(base, finetuned, cfg)  # fail before any worker starts
+    if q_choice is None and cfg.method == "darex-q" and cfg.q_mode != "fixed":
+        from .q_choice import choose_q
+
+        q_choice = choose_q(base, finetuned, cfg, plan.selected)
+    q_table = q_choice.table if q_choice is not None else None
+    if q_choice is not None and q_choice.q is not None:
+        cfg = replace(cfg, q=q_choice.q)
+    summary = run_workers(_job, (base, finetuned, out, cfg, overwrite, show_progress, q_table), workers=workers,
+                          device=cfg.device, output=(out, overwrite))
+    if q_choice is not None and isinstance(summary, dict):
+        summary["notes"] = list(q_choice.notes) + list(summary.get("notes", []))
+    return summary

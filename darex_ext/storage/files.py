@@ -5,7 +5,8 @@ Layout: per delta `<name>.<key>` tensors (formats.FILE_KEYS), and the header's _
 - ``darex_ext.format_version``: "1" (a loader refuses any other),
 - ``darex_ext.version``: the writer's darex_ext version,
 - ``darex_ext.tensors``: JSON {name: {"format", "dtype", "shape", "p", "q", "seed", "offset",
-  "method"}},
+  "method"}}; "q" is null, a number, or "tensor": per-row q stored as the float64 tensor
+  ``<name>.q`` (files from darex_ext before 0.x hold per-row q as a JSON list, still read),
 - the caller's own string metadata (keys must not start with "darex_ext.").
 
 The header is written here, not by safetensors' writer: its bytes depend only on the content
@@ -62,7 +63,18 @@ def _file_tensors(name: str, sd: SparseDelta) -> dict[str, torch.Tensor]:
     pl = {k: v.detach().cpu().contiguous() for k, v in sd.payload.items()}
     if sd.format == "bitmask":
         pl["shape"] = torch.tensor(sd.shape, dtype=torch.int64).reshape(len(sd.shape))
-    return {f"{name}.{k}": pl[k] for k in FILE_KEYS[sd.format]}
+    out = {f"{name}.{k}": pl[k] for k in FILE_KEYS[sd.format]}
+    if isinstance(sd.meta.get("q"), list):  # per-row q: a tensor, not JSON text in the header
+        out[f"{name}.{_Q_KEY}"] = torch.tensor(sd.meta["q"], dtype=torch.float64)
+    return out
+
+
+_Q_KEY = "q"         # file key of per-row q
+_Q_TENSOR = "tensor"  # the index entry's "q" when per-row q is the tensor <name>.q
+
+
+def _file_keys(entry: dict) -> tuple[str, ...]:
+    return FILE_KEYS[entry["format"]] + ((_Q_KEY,) if entry.get("q") == _Q_TENSOR else ())
 
 
 def delta_record(name: str, sd: SparseDelta) -> tuple[DeltaRecord, dict[str, torch.Tensor]]:
@@ -73,6 +85,8 @@ def delta_record(name: str, sd: SparseDelta) -> tuple[DeltaRecord, dict[str, tor
         raise TypeError(f"deltas[{name!r}] must be a SparseDelta, got {type(sd).__name__}")
     tensors = _file_tensors(name, sd)
     entry = {"format": sd.format, "dtype": DTYPE_NAMES[sd.dtype], "shape": list(sd.shape), **sd.meta}
+    if isinstance(entry.get("q"), list):
+        entry["q"] = _Q_TENSOR
     specs = tuple((k, t.dtype, tuple(t.shape)) for k, t in tensors.items())
     return DeltaRecord(name, entry, specs), tensors
 
@@ -235,7 +249,7 @@ class DeltaFile(Mapping):
             self._index = _parse_index(raw_meta)
         except FormatError as exc:
             raise FormatError(f"{self.path}: {exc}") from None
-        expected = {f"{n}.{k}" for n, e in self._index.items() for k in FILE_KEYS[e["format"]]}
+        expected = {f"{n}.{k}" for n, e in self._index.items() for k in _file_keys(e)}
         if keys != expected:
             extra, missing = sorted(keys - expected)[:5], sorted(expected - keys)[:5]
             raise FormatError(f"{self.path}: tensors do not match the index (missing {missing}, unexpected {extra})")
@@ -270,8 +284,21 @@ class DeltaFile(Mapping):
                 raise FormatError(f"{label(name)}: shape tensor {stored.tolist()} ({stored.dtype}) "
                                   f"does not match the index shape {list(shape)}")
         meta = {k: v for k, v in entry.items() if k not in ("format", "dtype", "shape")}
+        if entry.get("q") == _Q_TENSOR:
+            meta["q"] = self._q_rows(name, shape)
         sd = SparseDelta(fmt, shape, DTYPES_BY_NAME[entry["dtype"]], tensors, meta, name=name)
         return sd.to(self.device)
+
+    def _q_rows(self, name: str, shape: tuple[int, ...]) -> list[float]:
+        try:
+            q = self._file.get_tensor(f"{name}.{_Q_KEY}")
+        except Exception as exc:
+            raise FormatError(f"{label(name)}: cannot read q: {exc}") from None
+        rows = shape[0] if shape else 1
+        if q.dtype != torch.float64 or q.dim() != 1 or q.numel() != rows:
+            raise FormatError(f"{label(name)}: per-row q must be float64 of shape [{rows}], "
+                              f"got {q.dtype} of shape {list(q.shape)}")
+        return q.tolist()  # checked (finite, > 0) with the rest of the metadata
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)

@@ -24,7 +24,7 @@ def test_exact_evaluation_sequence():
         calls.append(v)
         return -abs(v - 0.42)
 
-    r = find_q(f, 0.0, 1.0, 0.1, patience=2)
+    r = find_q(f, 0.0, 1.0, 0.1, patience=2, mode="clipped")
     # Round 1 climbs to 0.4, then 0.5, 0.6, 0.7 miss (3 > patience 2): stop.
     # Round 2 from 0.31 in steps of 0.01 up to 0.5: climbs to 0.42, then 0.43, 0.44, 0.45 miss.
     # 0.4 is reused from round 1, not evaluated again.
@@ -36,15 +36,16 @@ def test_exact_evaluation_sequence():
 
 
 def test_minimize_and_clipping():
-    r = find_q(lambda v: (v - 2.0) ** 2, 0.0, 1.0, 0.25, maximize=False)
+    r = find_q(lambda v: (v - 2.0) ** 2, 0.0, 1.0, 0.25, maximize=False, mode="clipped")
     assert r.best == 1.0 and all(0.0 <= v <= 1.0 for v, _, _ in r.history)
-    r = find_q(lambda v: -v, 0.2, 1.0, 0.25, patience=0)
+    r = find_q(lambda v: -v, 0.2, 1.0, 0.25, patience=0, mode="clipped")
     assert r.best == 0.2 and min(v for v, _, _ in r.history) == 0.2
 
 
 def test_ties_keep_the_smallest_value():
-    r = find_q(lambda v: 1.0, 0.0, 1.0, 0.1, patience=100)
+    r = find_q(lambda v: 1.0, 0.0, 1.0, 0.1, patience=100, mode="clipped")
     assert r.best == 0.0
+    assert find_q(lambda v: 1.0, 0.0, 1.0, 0.1).best == 0.0  # reference: the first-found maximum
 
 
 def test_bad_arguments():
@@ -85,7 +86,10 @@ def test_dare_model_uses_the_kernel_with_per_tensor_seeds():
     assert not torch.equal(pruned[0].weight, ft[0].weight)
     only = dare_model(ft, base, 0.5, include=lambda n: n.startswith("2."))
     assert torch.equal(only[0].weight, ft[0].weight) and not torch.equal(only[2].weight, ft[2].weight)
-    per_row = dare_model(ft, base, 0.5, {"0.weight": torch.full((16,), 0.25)}, seed=1)
+    from darex_ext.algorithms.q_search import QFallbackWarning
+
+    with pytest.warns(QFallbackWarning, match="3 pruned tensors have no q"):
+        per_row = dare_model(ft, base, 0.5, {"0.weight": torch.full((16,), 0.25)}, seed=1)
     w = darex_ext.dare(ft[0].weight.detach(), base[0].weight.detach(), 0.5, torch.full((16,), 0.25),
                        seed=darex_ext.tensor_seed(1, "0.weight"))
     assert torch.equal(per_row[0].weight, w)
@@ -144,12 +148,12 @@ def test_on_a_tiny_llama():
     batches = [{"input_ids": torch.randint(0, 64, (2, 8))}]
     stats = collect_input_stats(ft, batches)
     assert "model.layers.0.mlp.down_proj" in stats and stats["model.layers.0.mlp.down_proj"].mean.shape == (48,)
-    qs = analytic_q_for_model(ft, base, stats, 0.9, two_sided=True)
+    qs = analytic_q_for_model(ft, base, stats, 0.9, two_sided=True, per_row=True)
     assert qs["model.layers.0.self_attn.q_proj.weight"].shape == (32,)
     change = output_change(ft, lambda s: dare_model(ft, base, 0.9, qs, seed=s), batches, seeds=(0, 1))
     assert change > 0
     objective = output_change_objective(ft, base, batches, 0.9, seeds=(0,))
-    r = find_q(objective, 0.1, 1.0, 0.3, maximize=False)
+    r = find_q(objective, 0.1, 1.0, 0.3, maximize=False, mode="clipped")
     assert 0.1 <= r.best <= 1.0 and len(r.history) >= 4
 
 
@@ -159,5 +163,7 @@ def test_output_change_objective_in_find_q():
     objective = output_change_objective(ft, base, batches, 0.9, seeds=(0, 1))
     assert objective(0.1) == pytest.approx(
         output_change(ft, lambda s: dare_model(ft, base, 0.9, 0.1, seed=s), batches, seeds=(0, 1)), rel=1e-6)
-    r = find_q(objective, 0.1, 1.0, 0.1, maximize=False)
+    r = find_q(objective, 0.1, 1.0, 0.1, maximize=False, mode="clipped")
     assert 0.1 <= r.best <= 1.0 and r.score <= objective(0.1)
+    r = find_q(objective, 0.1, 1.0, 0.1, maximize=False)  # reference: may pass hi (here 1.1)
+    assert r.best >= 0.1 and r.score <= objective(0.1)

@@ -66,7 +66,7 @@ def test_failures_exit_1_with_one_line(pair, tmp_path, capsys):
     _failure(["prune", base, wide, "-o", str(out)], capsys, "CheckpointMismatch")
     assert not out.exists()
     out.mkdir()
-    _failure(["prune", base, ft, "-o", str(out), "--quiet"], capsys, "already exists")
+    _failure(["prune", base, ft, "-o", str(out), "--quiet"], capsys, "already exists (pass --overwrite")
     _failure(["apply", base, str(tmp_path / "nodelta"), "-o", str(tmp_path / "a")], capsys, "no such file")
     if not torch.cuda.is_available():
         _failure(["prune", base, ft, "-o", str(tmp_path / "c"), "--device", "cuda", "--quiet"], capsys, "CUDA")
@@ -87,7 +87,9 @@ def test_prune_apply_inspect_roundtrip(pair, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "seeded" in text and "q=0.1" in text and "seed=42" in text
     assert cli.main(["inspect", dense, "--base", base, "--limit", "3"]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 3 + 3
+    text = capsys.readouterr().out
+    assert len(text.split("\n\n")[0].strip().splitlines()) == 3 + 3  # 3 rows, then one model-level advice
+    assert text.count("recommendation at p = 0.99:") == 1
 
 
 def test_merge_cli(pair, tmp_path, capsys):

@@ -135,6 +135,7 @@ def test_inspect_tables(llama, tmp_path):
     text = buf.getvalue()
     assert "model.layers.0.mlp.up_proj.weight" in text and "bitmask" in text and "stored" in text
     assert "method=dare" in text and "B/param" in text and text.strip().splitlines()[-1].startswith("total:")
+    assert "recommend" not in text  # an already pruned delta gets no advice
     buf = io.StringIO()
     inspect_path(ft_dir, base=base_dir, out=buf)
     assert "density(d)" in buf.getvalue() and "lm_head.weight" in buf.getvalue()

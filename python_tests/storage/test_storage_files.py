@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 
 import darex_ext
+from darex_ext import storage
 from darex_ext.storage import compress, compress_dare, load, save
 
 from conftest import randn
@@ -336,3 +337,60 @@ def test_load_bad_index_names_the_file(tmp_path):
     with pytest.raises(FormatError, match="format version") as exc:
         load(path)
     assert str(exc.value).startswith(f"{path}: ")
+
+
+def test_per_row_q_is_a_tensor_not_header_text(tmp_path):
+    # Per-row q (e.g. analytic q per row) goes to the float64 tensor "<name>.q": the JSON header
+    # stays small however many rows there are, and the values come back exactly.
+    import json
+
+    from darex_ext.io.safetensors import read_header
+
+    delta = torch.randn(4096, 8)
+    q = torch.rand(4096) * 0.5 + 0.05
+    sd = storage.compress_dare(delta, 0.9, q, seed=3)
+    path = tmp_path / "d.safetensors"
+    storage.save(path, {"w": sd})
+    header, meta = read_header(str(path))
+    index = json.loads(meta["darex_ext.tensors"])
+    assert index["w"]["q"] == "tensor" and len(meta["darex_ext.tensors"]) < 300
+    assert "w.q" in header
+    back = storage.load(path)["w"]
+    assert back.meta["q"] == [float(v) for v in q.double()]
+    assert torch.equal(back.to_dense(), sd.to_dense())
+
+
+def test_files_with_per_row_q_as_json_still_load(tmp_path):
+    # The layout darex_ext wrote before per-row q became a tensor: a JSON list in the index.
+    import json
+
+    from safetensors.torch import save_file
+
+    delta = torch.randn(6, 5)
+    q = [0.2, 0.3, 0.25, 0.5, 0.4, 0.1]
+    sd = storage.compress_dare(delta, 0.5, torch.tensor(q), seed=9)
+    entry = {"format": "seeded", "dtype": "float32", "shape": [6, 5], "method": "darex-q", "p": 0.5, "q": q,
+             "seed": 9, "offset": 0}
+    path = tmp_path / "old.safetensors"
+    save_file({"w.values": sd.payload["values"]}, str(path),
+              metadata={"darex_ext.format_version": "1", "darex_ext.tensors": json.dumps({"w": entry})})
+    back = storage.load(path)["w"]
+    assert back.meta["q"] == q and torch.equal(back.to_dense(), sd.to_dense())
+
+
+@pytest.mark.parametrize("bad", [lambda q: q.float(), lambda q: q[:-1], lambda q: q.reshape(2, -1)])
+def test_a_bad_per_row_q_tensor_is_a_format_error(tmp_path, bad):
+    import json
+
+    from safetensors.torch import save_file
+
+    delta = torch.randn(6, 5)
+    q = torch.full((6,), 0.3, dtype=torch.float64)
+    sd = storage.compress_dare(delta, 0.5, q, seed=9)
+    entry = {"format": "seeded", "dtype": "float32", "shape": [6, 5], "method": "darex-q", "p": 0.5, "q": "tensor",
+             "seed": 9, "offset": 0}
+    path = tmp_path / "bad.safetensors"
+    save_file({"w.values": sd.payload["values"], "w.q": bad(q).contiguous()}, str(path),
+              metadata={"darex_ext.format_version": "1", "darex_ext.tensors": json.dumps({"w": entry})})
+    with pytest.raises(storage.FormatError, match="per-row q"):
+        storage.load(path)["w"]
