@@ -133,6 +133,15 @@ def test_label_free_modes_through_the_cli(models, tmp_path, capsys, mode):
         assert len(set(qs.values())) == 1 and next(iter(qs.values())) == pytest.approx(chosen, rel=1e-5)
     else:
         assert all(q is not None for q in qs.values())
+    if "--per-row" in mode:  # per-row q: float64 tensors in the file, not JSON text in its header
+        import json
+
+        from darex_ext.io.safetensors import read_header
+
+        header, meta = read_header(f"{out_dir}/delta.safetensors")
+        index = json.loads(meta["darex_ext.tensors"])
+        rows = [n for n, e in index.items() if e.get("q") == "tensor"]
+        assert rows and all(f"{n}.q" in header for n in rows)
     # the dry run prints the same plan lines and writes nothing
     dry = str(tmp_path / "dry")
     code, out, _ = _run([*argv[:4], dry, *argv[5:], "--dry-run"], capsys)
