@@ -79,6 +79,7 @@ class MethodResult:
     status: str = "ok"          # ok | missing (CLI option not there yet) | failed
     history: list[tuple[float, float, int]] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    cli_notes: dict[int, list[str]] = field(default_factory=dict)  # mask seed -> the prune's `note:` lines
 
     @property
     def mean(self) -> float | None:
@@ -137,8 +138,10 @@ _GROUP = re.compile(r"^(\d+) tensors \(([^)]*)\): (?:q in \[([^,\]]+), ([^\]]+)\
 
 def q_summary(notes: Sequence[str]) -> str:
     """The q a label-free CLI mode chose, from its notes: `q: auto = Q (...)`, or per group of
-    tensors (`37 tensors (layer): q in [a, b]`) with the eta of `--eta auto`."""
+    tensors (`37 tensors (layer): q in [a, b]`) with the eta of `--eta auto`, compacted to
+    "eta E; layers a-b; other tensors c" (biases shown only where they differ from the layers)."""
     parts: list[str] = []
+    groups: dict[str, str] = {}
     for note in notes:
         if note.startswith("q: auto = "):
             return note[len("q: auto = "):].split()[0]
@@ -148,8 +151,14 @@ def q_summary(notes: Sequence[str]) -> str:
         group = _GROUP.match(note)
         if group:
             n, source, lo, hi, one = group.groups()
-            shown = one if one else (lo if lo == hi else f"{float(lo):.3g}-{float(hi):.3g}")
-            parts.append(f"{source} ({n}): {shown}")
+            groups[source] = one if one else (f"{float(lo):.3g}" if lo == hi else f"{float(lo):.3g}-{float(hi):.3g}")
+    layers = groups.pop("layer", None) or groups.pop("learned", None)
+    if layers is not None:
+        parts.append(f"layers {layers}")
+    for source, shown in groups.items():
+        if "bias" in source and shown == layers:
+            continue
+        parts.append(f"other tensors {shown}" if source.startswith("mean of layer") else f"{source}: {shown}")
     return "; ".join(dict.fromkeys(parts)) or "-"
 
 
@@ -161,6 +170,7 @@ def _run_fixed(ctx: Context, spec: MethodSpec, result: MethodResult) -> None:
         acc, run = _prune_eval(ctx, options, seed, "test", spec.seeded, spec.key)
         result.accuracies[seed] = acc
         runs.append(run)
+    result.cli_notes = {seed: run.notes for seed, run in zip(seeds, runs)}
     per_seed = {seed: q_summary(run.notes) for seed, run in zip(seeds, runs) if run.notes}
     if per_seed:
         shown = set(per_seed.values())

