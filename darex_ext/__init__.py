@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 # Subpackages above the ops layer load on first use, so `import darex_ext.ops` stays the ops alone.
-_LAZY = ("storage", "algorithms", "pipeline", "integrations", "reference", "apps")
+_LAZY = ("storage", "algorithms", "pipeline", "integrations", "serving", "reference", "apps")
 
 
 def __getattr__(name: str):
