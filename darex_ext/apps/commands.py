@@ -73,6 +73,19 @@ def _eta(text: str):
     return value
 
 
+def _calibration_input_options(p) -> None:
+    """How calibration text becomes model inputs (pipeline/calibration.py), for every command
+    that runs models on it."""
+    p.add_argument("--calibration-unit", choices=("auto", "line", "window"), default="auto",
+                   help="line: each line is one input with the tokenizer's special tokens; window: SEQ_LEN-token "
+                        "windows of the whole text (as published); auto (default): lines for encoders, windows "
+                        "for decoders")
+    p.add_argument("--samples", type=_positive_int("--samples"), default=None, metavar="N",
+                   help="lines or windows drawn from the text (default: 256 lines, or 50 windows as published)")
+    p.add_argument("--seq-len", type=_positive_int("--seq-len"), default=128, metavar="L",
+                   help="tokens per window, at most per line (default 128)")
+
+
 def _positive_int(option: str):
     def parse(text: str) -> int:
         try:
@@ -143,10 +156,7 @@ def add_model_commands(sub) -> None:
     p.add_argument("--calibration", default=None, metavar="TEXTFILE",
                    help="unlabeled text the models run on (transformers model directories) for --q auto, "
                         "--q-mode learned, --eta auto, or analytic q without --stats")
-    p.add_argument("--samples", type=_positive_int("--samples"), default=50, metavar="N",
-                   help="calibration windows (default 50, as published)")
-    p.add_argument("--seq-len", type=_positive_int("--seq-len"), default=128, metavar="L",
-                   help="tokens per calibration window (default 128)")
+    _calibration_input_options(p)
     p.add_argument("--eta", type=_eta, default=0.45, metavar="E|auto",
                    help="analytic q's eta (default 0.45); 'auto': the label-free search over --eta-grid")
     p.add_argument("--precision", choices=("reference", "float64"), default="reference",
@@ -167,11 +177,9 @@ def add_model_commands(sub) -> None:
                                    "(float32) to a safetensors file, the file `darex prune --stats` reads.")
     p.add_argument("model", metavar="MODEL", help="transformers model directory (the fine-tuned model, as published)")
     p.add_argument("--text", required=True, metavar="FILE", help="unlabeled calibration text (UTF-8)")
-    p.add_argument("--samples", type=_positive_int("--samples"), default=50, metavar="N",
-                   help="windows drawn from the text (default 50, as published)")
-    p.add_argument("--seq-len", type=_positive_int("--seq-len"), default=128, metavar="L",
-                   help="tokens per window (default 128)")
-    p.add_argument("--seed", type=_seed, default=0, help="window offsets: random.Random(SEED) (default 0)")
+    _calibration_input_options(p)
+    p.add_argument("--seed", type=_seed, default=0, help="lines or window offsets drawn by random.Random(SEED) "
+                                                         "(default 0)")
     p.add_argument("-o", "--output", required=True, metavar="STATS", help="output .safetensors file")
     p.add_argument("--overwrite", action="store_true", help="replace STATS if it exists")
     p.add_argument("--device", type=_device, default="cpu", help="cpu | cuda | cuda:N")
@@ -230,8 +238,7 @@ def add_model_commands(sub) -> None:
     p.add_argument("--calibration", default=None, metavar="TEXTFILE",
                    help="with --base: measure DARE, DAREx-q (auto, analytic) and magnitude by the label-free "
                         "output change on this text and recommend the best (transformers model directories)")
-    p.add_argument("--samples", type=_positive_int("--samples"), default=50, metavar="N")
-    p.add_argument("--seq-len", type=_positive_int("--seq-len"), default=128, metavar="L")
+    _calibration_input_options(p)
     p.add_argument("--device", type=_device, default="cpu", help="cpu | cuda | cuda:N (with --calibration)")
 
     p = sub.add_parser("demo", help="build a small model pair, prune it with DARE and DAREx-q, print a table",
@@ -241,6 +248,9 @@ def add_model_commands(sub) -> None:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--quick", action="store_true", help="smaller model and fewer steps (seconds)")
     p.add_argument("--keep", default=None, metavar="DIR", help="keep the checkpoints in DIR")
+    p.add_argument("--swap", action="store_true",
+                   help="load the base once, add the DARE and DAREx-q deltas (darex_ext.serving.DeltaBank) "
+                        "and switch the live model between them: accuracy and switch time")
 
     for name in MODEL_COMMANDS:
         sub.choices[name].set_defaults(subparser=sub.choices[name])
@@ -272,7 +282,8 @@ def _prune_config(args, parser):
         return PruneConfig(method=args.method, p=args.p, q=None if args.q == "auto" else args.q, q_mode=q_mode,
                            seed=args.seed, format=args.format, preset=args.preset, include=tuple(args.include),
                            exclude=tuple(args.exclude), device=args.device, stats=args.stats,
-                           calibration=args.calibration, samples=args.samples, seq_len=args.seq_len, eta=args.eta,
+                           calibration=args.calibration, samples=args.samples, seq_len=args.seq_len,
+                           calibration_unit=args.calibration_unit, eta=args.eta,
                            precision=args.precision, per_row=args.per_row, two_sided=args.two_sided,
                            q_grid=None if args.q_grid is None else parse_grid(args.q_grid, "--q-grid"),
                            eta_grid=None if args.eta_grid is None else parse_grid(args.eta_grid, "--eta-grid"))
@@ -314,22 +325,26 @@ def _prune(args, parser) -> int:
 
 def _calibrate(args, parser) -> int:
     from ..algorithms.input_stats import collect_input_stats
-    from ..pipeline.calibration import calibration_batches, load_model, read_text, write_stats
+    from ..pipeline.calibration import calibration_batches, load_model, model_kind, read_text, resolve_unit, \
+        write_stats
 
     _usable_device(args.device)
     if os.path.lexists(args.output) and not args.overwrite:  # before the model runs
         raise FileExistsError(f"output {args.output!r} already exists (pass --overwrite to replace it)")
     text = read_text(args.text, "--text")
     model = load_model(args.model, "MODEL", args.device)
+    unit = resolve_unit(args.calibration_unit, model_kind(model))
     batches = calibration_batches(args.model, text, samples=args.samples, seq_len=args.seq_len, seed=args.seed,
-                                  device=args.device, option="--text")
+                                  device=args.device, option="--text", unit=unit)
     stats = collect_input_stats(model, batches)
     tokens = sum(int(b["input_ids"].numel()) for b in batches)
+    inputs = sum(int(b["input_ids"].shape[0]) for b in batches)
     count = write_stats(stats, args.output, overwrite=args.overwrite, metadata={
         "darex.calibration.model": os.path.abspath(args.model), "darex.calibration.tokens": str(tokens),
-        "darex.calibration.samples": str(args.samples), "darex.calibration.seq_len": str(args.seq_len),
-        "darex.calibration.seed": str(args.seed)})
-    print(f"calibrated {len(stats)} Linear layers on {tokens} tokens -> {args.output} ({count} tensors)")
+        "darex.calibration.unit": unit, "darex.calibration.samples": str(inputs),
+        "darex.calibration.seq_len": str(args.seq_len), "darex.calibration.seed": str(args.seed)})
+    print(f"calibrated {len(stats)} Linear layers on {inputs} {unit}s, {tokens} tokens -> {args.output} "
+          f"({count} tensors)")
     return 0
 
 
@@ -401,13 +416,21 @@ def _inspect(args, parser) -> int:
     if not 0.0 < args.p < 1.0:
         parser.error(f"-p must be in (0, 1), got {args.p}")
     inspect_path(args.path, base=args.base, limit=args.limit, p=args.p, out=sys.stdout,
-                 calibration=args.calibration, samples=args.samples, seq_len=args.seq_len, device=args.device)
+                 calibration=args.calibration, samples=args.samples, seq_len=args.seq_len,
+                 calibration_unit=args.calibration_unit, device=args.device)
     return 0
 
 
 def _demo(args, parser) -> int:
     if not 0.0 <= args.p < 1.0:
         parser.error(f"-p must be in [0, 1), got {args.p}")
+    if args.swap:
+        if args.keep:
+            parser.error("--keep does not apply with --swap")
+        from .demo_swap import run_swap_demo
+
+        run_swap_demo(p=args.p, seed=args.seed, quick=args.quick, out=sys.stdout)
+        return 0
     from .demo import run_demo
 
     run_demo(p=args.p, seed=args.seed, quick=args.quick, keep=args.keep, out=sys.stdout)
