@@ -54,7 +54,8 @@ class RealConfig:
     n_val: int = 400
     n_test: int = 800
     calib_lines: int = 1000      # calibration text: this many unlabeled training sentences
-    calib_windows: int | None = None  # CLI --samples (None: its default, 50 windows as published)
+    calib_samples: int | None = None  # CLI --samples (None: its default, 256 lines or 50 windows)
+    calib_unit: str | None = None     # CLI --calibration-unit (None: its default, auto = lines here)
     calib_seq_len: int | None = None  # CLI --seq-len (None: its default, 128 tokens as published)
     seed: int = 0                # task split, head init, data order, dropout
     methods: tuple[str, ...] = tuple(METHODS)
@@ -62,7 +63,8 @@ class RealConfig:
     q_search: tuple[tuple[str, float], ...] = ()  # find_q overrides (lo, hi, step, decay)
 
     def calibration_options(self) -> list[str]:
-        return ((["--samples", str(self.calib_windows)] if self.calib_windows else [])
+        return ((["--samples", str(self.calib_samples)] if self.calib_samples else [])
+                + (["--calibration-unit", self.calib_unit] if self.calib_unit else [])
                 + (["--seq-len", str(self.calib_seq_len)] if self.calib_seq_len else []))
 
     def training_key(self) -> dict:
@@ -226,7 +228,9 @@ def run_info(result: RealResult, argv: Sequence[str]) -> list[str]:
         f"{d['mean_abs_delta']:.2e}, mean |base| {d['mean_abs_base']:.2e} (ratio {d['ratio']:.3f})",
         f"- pruning: p = {cfg.p}, mask seeds {list(cfg.seeds)}, `--preset encoder`, seeded deltas (magnitude: csr), "
         f"each rebuilt with `darex apply`; calibration text: {cfg.calib_lines} unlabeled training sentences, "
-        + (f"`--samples {cfg.calib_windows}`" if cfg.calib_windows else "`--samples` the CLI's default (50)")
+        + (f"`--calibration-unit {cfg.calib_unit}`, " if cfg.calib_unit else
+           "`--calibration-unit` the CLI's default (auto: a line is one input), ")
+        + (f"`--samples {cfg.calib_samples}`" if cfg.calib_samples else "`--samples` the CLI's default (256 lines)")
         + (f", `--seq-len {cfg.calib_seq_len}`" if cfg.calib_seq_len else ", `--seq-len` the CLI's default (128)"),
         f"- time: {result.total_seconds:.0f} s total ({result.train_seconds:.0f} s fine-tuning"
         + (", reused" if result.reused else "") + ")",
@@ -266,8 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sizes", type=_positive_int, nargs=3, default=[4000, 400, 800], metavar=("TRAIN", "VAL", "TEST"))
     ap.add_argument("--calib-lines", type=_positive_int, default=1000,
                     help="unlabeled training sentences in the calibration text (default 1000)")
-    ap.add_argument("--calib-windows", type=_positive_int, default=None,
-                    help="`--samples` of the CLI's calibration (default: the CLI's, 50 as published)")
+    ap.add_argument("--calib-samples", type=_positive_int, default=None,
+                    help="`--samples` of the CLI's calibration (default: the CLI's, 256 lines)")
+    ap.add_argument("--calib-unit", choices=("auto", "line", "window"), default=None,
+                    help="`--calibration-unit` of the CLI's calibration (default: the CLI's, auto)")
     ap.add_argument("--calib-seq-len", type=_positive_int, default=None,
                     help="`--seq-len` of the CLI's calibration (default: the CLI's, 128 as published)")
     ap.add_argument("--seed", type=int, default=0, help="task split, head init, data order (default 0)")
@@ -283,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = RealConfig(p=args.p, seeds=tuple(args.seeds), steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                      seq_len=args.seq_len, n_train=args.sizes[0], n_val=args.sizes[1], n_test=args.sizes[2],
-                     calib_lines=args.calib_lines, calib_windows=args.calib_windows,
+                     calib_lines=args.calib_lines, calib_samples=args.calib_samples, calib_unit=args.calib_unit,
                      calib_seq_len=args.calib_seq_len, seed=args.seed, methods=tuple(args.methods),
                      encoder=args.encoder, q_search=(("hi", args.q_hi), ("step", args.q_step)))
     if args.keep:

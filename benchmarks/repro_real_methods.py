@@ -90,6 +90,13 @@ def _calibration(ctx: Context) -> list[str]:
     return ["--calibration", ctx.calibration, *ctx.calibration_options]
 
 
+def _every_line(ctx: Context) -> list[str]:
+    """--samples as many as the calibration text has lines: all of them are inputs."""
+    with open(ctx.calibration, encoding="utf-8") as f:
+        lines = sum(1 for line in f if line.strip())
+    return [*_calibration(ctx), "--samples", str(lines)]
+
+
 def _analytic(precision: str, two_sided: bool) -> Callable[[Context], list[str]]:
     # --stats from `darex calibrate` (made once); --calibration for --eta auto's objective.
     def options(ctx: Context) -> list[str]:
@@ -105,6 +112,8 @@ METHODS: dict[str, MethodSpec] = {spec.key: spec for spec in [
     MethodSpec("darex-q-labels", "DAREx-q, q by find_q on labeled validation accuracy", True, None),
     MethodSpec("darex-q-auto", "DAREx-q, --q auto (output change, no labels)", False,
                lambda ctx: ["--method", "darex-q", "--q", "auto", *_calibration(ctx)]),
+    MethodSpec("darex-q-auto-windows", "DAREx-q, --q auto on published windows (--calibration-unit window)", False,
+               lambda ctx: ["--method", "darex-q", "--q", "auto", *_calibration(ctx), "--calibration-unit", "window"]),
     MethodSpec("darex-q-auto-grid", "DAREx-q, --q auto on the labeled search's grid (no labels)", False,
                lambda ctx: ["--method", "darex-q", "--q", "auto", "--q-grid", ctx.q_grid(), *_calibration(ctx)]),
     MethodSpec("analytic-reference", "DAREx-q analytic, --eta auto, reference precision", False,
@@ -114,6 +123,8 @@ METHODS: dict[str, MethodSpec] = {spec.key: spec for spec in [
                _analytic("float64", True)),
     MethodSpec("learned", "DAREx-q learned per layer (--q-mode learned)", False,
                lambda ctx: ["--method", "darex-q", "--q-mode", "learned", *_calibration(ctx)]),
+    MethodSpec("learned-every-line", "DAREx-q learned per layer on every calibration line (--samples = lines)",
+               False, lambda ctx: ["--method", "darex-q", "--q-mode", "learned", *_every_line(ctx)]),
 ]}
 
 

@@ -199,9 +199,14 @@ def recommend(stats, p: float, *, has_labels: bool = False, has_calibration_data
         reasons.append("labeled validation data: search q empirically (find_q with your metric)")
         return Recommendation("darex-q", "empirical", reasons, stats)
     if has_calibration_data:
-        reasons.append("no labels: analytic q per row from calibration inputs (analytic_q), or find_q "
-                       "on output_change")
-        return Recommendation("darex-q", "analytic", reasons, stats)
+        # Evidence on real weights (benchmarks/repro_real.py, all-MiniLM-L6-v2 at p = 0.99): the
+        # learned per-layer q and the label-free q search both land within a point of the q
+        # found with labels; analytic q trails them.
+        reasons.append("no labels: learn one q per layer on the output change over unlabeled calibration "
+                       "inputs (learn_layer_q; CLI --q-mode learned --calibration TEXT); find_q on "
+                       "output_change (--q auto) is the one-number alternative, analytic q (--q-mode "
+                       "analytic) the fastest")
+        return Recommendation("darex-q", "learned", reasons, stats)
     reasons.append("no labels and no calibration inputs: q cannot be tuned; plain DARE, expect a loss "
                    "at this p")
     return Recommendation("dare", None, reasons, stats)

@@ -105,7 +105,7 @@ def _inspect_delta(path: str, limit: int, p: float, out: IO[str]) -> None:
 
 
 def _inspect_model(path: str, base: str | None, limit: int, p: float, out: IO[str], calibration: str | None,
-                   samples: int, seq_len: int, device: str) -> None:
+                   samples: int | None, seq_len: int, unit: str, device: str) -> None:
     ck = Checkpoint(path)
     b = Checkpoint(base) if base else None
     rows = []
@@ -139,7 +139,7 @@ def _inspect_model(path: str, base: str | None, limit: int, p: float, out: IO[st
     if b is None or not per_tensor:
         return
     if calibration is not None:
-        _print_measured(path, base, calibration, p, samples, seq_len, device, out)
+        _print_measured(path, base, calibration, p, samples, seq_len, unit, device, out)
         return
     advice = model_recommendation(per_tensor, p)
     what = advice.method + (f" ({advice.q} q)" if advice.q else "")
@@ -148,14 +148,15 @@ def _inspect_model(path: str, base: str | None, limit: int, p: float, out: IO[st
         print(f"  - {reason}", file=out)
     if advice.method == "darex-q":
         print("  - measure it: darex inspect PATH --base BASE --calibration TEXT (unlabeled text) ranks DARE, "
-              "DAREx-q (auto, analytic) and magnitude by output change", file=out)
+              "DAREx-q (auto, analytic, learned) and magnitude by output change", file=out)
 
 
-def _print_measured(path: str, base: str, calibration: str, p: float, samples: int, seq_len: int, device: str,
-                    out: IO[str]) -> None:
+def _print_measured(path: str, base: str, calibration: str, p: float, samples: int | None, seq_len: int, unit: str,
+                    device: str, out: IO[str]) -> None:
     from .inspect_measure import measure_methods
 
-    results = measure_methods(base, path, calibration, p, samples=samples, seq_len=seq_len, device=device)
+    results = measure_methods(base, path, calibration, p, samples=samples, seq_len=seq_len, unit=unit,
+                              device=device)
     print(f"\nmeasured at p = {p:g} on {calibration} (label-free output change, lower is better):", file=out)
     _table([[m.method, f"{m.change:.4g}", m.note] for m in results], ["method", "output change", ""], out)
     best = results[0]
@@ -164,8 +165,8 @@ def _print_measured(path: str, base: str, calibration: str, p: float, samples: i
 
 
 def inspect_path(path: str, *, base: str | None = None, limit: int = 0, p: float = 0.99,
-                 out: IO[str] | None = None, calibration: str | None = None, samples: int = 50,
-                 seq_len: int = 128, device: str = "cpu") -> None:
+                 out: IO[str] | None = None, calibration: str | None = None, samples: int | None = None,
+                 seq_len: int = 128, calibration_unit: str = "auto", device: str = "cpu") -> None:
     """Print the table. p: the drop rate the recommendation is for (a model against its base).
     calibration: a text file; the recommendation is then measured (inspect_measure.py)."""
     out = out or sys.stdout
@@ -180,4 +181,4 @@ def inspect_path(path: str, *, base: str | None = None, limit: int = 0, p: float
     else:
         if calibration is not None and base is None:
             raise ValueError("--calibration needs --base (the recommendation is for the delta PATH - BASE)")
-        _inspect_model(path, base, limit, p, out, calibration, samples, seq_len, device)
+        _inspect_model(path, base, limit, p, out, calibration, samples, seq_len, calibration_unit, device)

@@ -3,8 +3,9 @@
 Each candidate prunes the whole model at drop rate p and is scored by the published label-free
 objective (the output change on the calibration text, :data:`REFERENCE_OBJECTIVES`; lower is
 better): plain DARE, DAREx-q with q from the label-free search (``--q auto``), analytic q at the
-published settings (reference precision, eta 0.45), and magnitude pruning (exact top-k per
-tensor, no rescale). The best is recommended, with the `darex prune` options that reproduce it.
+published settings (reference precision, eta 0.45), learned per-layer q (``--q-mode learned``,
+trained for mask seed 0, scored like the rest over seeds 0-3), and magnitude pruning (exact
+top-k per tensor, no rescale). The best is recommended, with the `darex prune` options that reproduce it.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def _magnitude_model(ft, base, p: float, names: set[str]):
     return out
 
 
-def measure_methods(base_path: str, ft_path: str, text_path: str, p: float, *, samples: int = 50,
-                    seq_len: int = 128, device: str = "cpu") -> list[Measured]:
+def measure_methods(base_path: str, ft_path: str, text_path: str, p: float, *, samples: int | None = None,
+                    seq_len: int = 128, unit: str = "auto", device: str = "cpu") -> list[Measured]:
     """The candidates' output changes, best first."""
     from ..algorithms.analytic_q import analytic_q_for_model
     from ..algorithms.input_stats import collect_input_stats
@@ -52,7 +53,7 @@ def measure_methods(base_path: str, ft_path: str, text_path: str, p: float, *, s
     ft = load_model(ft_path, "PATH", device)
     base = load_model(base_path, "--base", device)
     kind = model_kind(ft)
-    batches = calibration_batches(ft_path, text, samples=samples, seq_len=seq_len, device=device,
+    batches = calibration_batches(ft_path, text, samples=samples, seq_len=seq_len, device=device, unit=unit, kind=kind,
                                   hidden_states=kind == "encoder")
     objective = REFERENCE_OBJECTIVES[kind]
     base_params = dict(base.named_parameters())
@@ -74,6 +75,14 @@ def measure_methods(base_path: str, ft_path: str, text_path: str, p: float, *, s
     results.append(Measured("darex-q, analytic", "--method darex-q --q-mode analytic --calibration TEXT",
                             change_of(qs), f"layer q in [{min(qs.layer_q.values()):.3g}, "
                                            f"{max(qs.layer_q.values()):.3g}]" if qs.layer_q else ""))
+    from .q_choice import LEARNED_BATCH, learned_table
+
+    small = calibration_batches(ft_path, text, samples=samples, seq_len=seq_len, device=device, unit=unit, kind=kind,
+                                hidden_states=kind == "encoder", batch_size=LEARNED_BATCH)
+    learned, _, _ = learned_table(ft, base, small, p, 0, sorted(names), sorted(names))
+    results.append(Measured("darex-q, learned per layer", "--method darex-q --q-mode learned --calibration TEXT",
+                            change_of(learned), f"layer q in [{min(learned.layer_q.values()):.3g}, "
+                                                f"{max(learned.layer_q.values()):.3g}]"))
     pruned = _magnitude_model(ft, base, p, names)
     results.append(Measured("magnitude", "--method magnitude",
                             output_change(ft, pruned, batches, **{k: v for k, v in objective.items()

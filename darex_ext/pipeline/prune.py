@@ -63,8 +63,9 @@ class PruneConfig:
     device: str = "cpu"
     stats: str | None = None       # safetensors with "<module>.x_mean" / "<module>.act_norm"
     calibration: str | None = None  # text file: model inputs for auto / learned / analytic q
-    samples: int = 50               # calibration windows ...
-    seq_len: int = 128              # ... of this many tokens (as published)
+    samples: int | None = None      # calibration inputs (None: 256 lines or 50 windows, calibration.py)
+    seq_len: int = 128              # tokens per window, at most per line
+    calibration_unit: str = "auto"  # "line" | "window" | "auto" (lines for encoders, windows for decoders)
     eta: float | str = 0.45         # analytic q's eta, or "auto" (label-free search)
     precision: str = "reference"    # analytic q: "reference" (float16, published) | "float64"
     per_row: bool = False           # analytic q: per-row instead of the layer mean
@@ -107,8 +108,11 @@ class PruneConfig:
             raise ValueError(f"--eta must be a finite number > 0 or 'auto', got {self.eta!r}")
         if self.precision not in ("reference", "float64"):
             raise ValueError(f"--precision must be 'reference' or 'float64', got {self.precision!r}")
-        if not (isinstance(self.samples, int) and self.samples >= 1):
+        if self.samples is not None and (isinstance(self.samples, bool) or not isinstance(self.samples, int)
+                                         or self.samples < 1):
             raise ValueError(f"--samples must be a positive integer, got {self.samples!r}")
+        if self.calibration_unit not in ("auto", "line", "window"):
+            raise ValueError(f"--calibration-unit must be one of auto, line, window, got {self.calibration_unit!r}")
         if not (isinstance(self.seq_len, int) and self.seq_len >= 2):
             raise ValueError(f"--seq-len must be an integer >= 2, got {self.seq_len!r}")
         if self.calibration is not None and not os.path.isfile(self.calibration):

@@ -24,7 +24,7 @@ import torch
 from ..algorithms.analytic_q import AnalyticQMap, analytic_q_table
 from .checkpoint import Checkpoint
 
-__all__ = ["QChoice", "choose_q", "parse_grid", "Q_MODES"]
+__all__ = ["QChoice", "choose_q", "parse_grid", "learned_table", "Q_MODES", "LEARNED_BATCH"]
 
 Q_MODES = ("fixed", "auto", "analytic", "learned")
 
@@ -107,7 +107,8 @@ class _Models:
         from .calibration import calibration_batches
 
         return calibration_batches(self._ft_path, self._text, samples=self._cfg.samples, seq_len=self._cfg.seq_len,
-                                   device=self._cfg.device, hidden_states=self.kind == "encoder", batch_size=size)
+                                   device=self._cfg.device, hidden_states=self.kind == "encoder", batch_size=size,
+                                   unit=self._cfg.calibration_unit, kind=self.kind)
 
     def stats_x_means(self) -> dict[str, torch.Tensor]:
         from ..algorithms.input_stats import collect_input_stats
@@ -169,24 +170,35 @@ def choose_q(base_path: str, ft_path: str, cfg, selected: list[str]) -> QChoice:
                                                    f"{'per row' if cfg.per_row else 'layer mean'}"
                                                    f"{', two-sided' if cfg.two_sided else ''})")
     if mode == "learned":
-        from ..algorithms.learned_q import learn_layer_q
-
-        chosen = set(selected)
-        batches = models.small_batches(8)  # the published batch size
-        val = max(1, len(batches) // 5) if len(batches) > 1 else 0
-        train, held = (batches[:-val], batches[-val:]) if val else (batches, None)
-        table = learn_layer_q(models.ft, models.base, train, cfg.p, val_batches=held, seed=cfg.seed,
-                              include=lambda n: n in chosen)
-        rest = [n for n in selected if n not in table and finetuned.infos[n].dtype.is_floating_point]
-        if rest and table.layer_q:  # as analytic q: the other tensors get the mean of the layer q's
-            from ..algorithms.analytic_q_reference import reference_mean_of_layers
-
-            table.fill = reference_mean_of_layers(table.layer_q.values())
-            for name in rest:
-                table.put(name, table.fill, "mean of layer q's")
+        batches = models.small_batches(LEARNED_BATCH)
+        others = [n for n in selected if finetuned.infos[n].dtype.is_floating_point]
+        table, train, val = learned_table(models.ft, models.base, batches, cfg.p, cfg.seed, selected, others)
         return _table_choice(table, selected, cfg, f"q: learned per layer (label-free output change, "
-                                                   f"{len(train)} training and {val} validation batches)")
+                                                   f"{train} training and {val} validation batches)")
     raise ValueError(f"q_mode must be one of {Q_MODES}, got {mode!r}")
+
+
+LEARNED_BATCH = 8  # inputs per training step, the published batch size
+
+
+def learned_table(ft, base, batches: list, p: float, seed: int, selected, others) -> tuple:
+    """``learn_layer_q`` as `--q-mode learned` runs it: the last fifth of `batches` validates
+    (early stopping), the rest trains; the Linear weights and biases in `selected` get their
+    layer's q and every name in `others` without one the mean of the layer q's (as analytic q).
+    Returns (table, training batches, validation batches)."""
+    from ..algorithms.analytic_q_reference import reference_mean_of_layers
+    from ..algorithms.learned_q import learn_layer_q
+
+    chosen = set(selected)
+    val = max(1, len(batches) // 5) if len(batches) > 1 else 0
+    train, held = (batches[:-val], batches[-val:]) if val else (batches, None)
+    table = learn_layer_q(ft, base, train, p, val_batches=held, seed=seed, include=lambda n: n in chosen)
+    rest = [n for n in others if n not in table]
+    if rest and table.layer_q:
+        table.fill = reference_mean_of_layers(table.layer_q.values())
+        for name in rest:
+            table.put(name, table.fill, "mean of layer q's")
+    return table, len(train), val
 
 
 def _objective_args(kind: str) -> dict:

@@ -35,7 +35,7 @@ def test_rules():
     r = recommend(small, 0.99, has_labels=True)
     assert (r.method, r.q) == ("darex-q", "empirical")
     r = recommend(small, 0.99)
-    assert (r.method, r.q) == ("darex-q", "analytic")
+    assert (r.method, r.q) == ("darex-q", "learned") and any("--q-mode learned" in s for s in r.reasons)
     assert recommend(small, 0.99, has_calibration_data=False).method == "dare"
     assert recommend(small, 0.99, can_finetune=True).method == "adamr"
     r = recommend(large, 0.9)

@@ -51,7 +51,9 @@ def _pair(tmp_path, kind: str):
         dirs.append(str(d))
     text = tmp_path / "calib.txt"
     rng = random.Random(1)
-    text.write_text(" ".join(rng.choice(WORDS) for _ in range(600)))
+    # sentences of 4-20 words, one per line (the line unit's inputs; windows cut across them)
+    text.write_text("".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 20))) + "\n"
+                            for _ in range(50)))
     return dirs[0], dirs[1], str(text)
 
 
@@ -80,7 +82,9 @@ def test_calibrate_then_analytic_q_equals_the_api(models, tmp_path, capsys):
 
     saved = load_file(stats)
     model = load_model(ft, "FT")
-    api_stats = collect_input_stats(model, calibration_batches(ft, open(text).read(), samples=6, seq_len=16))
+    kind_of = "encoder" if kind == "bert" else "decoder"  # the CLI's auto unit: lines, or windows
+    api_stats = collect_input_stats(model, calibration_batches(ft, open(text).read(), samples=6, seq_len=16,
+                                                               kind=kind_of))
     for name, s in api_stats.items():
         assert torch.equal(saved[f"{name}.x_mean"], s.mean) and torch.equal(saved[f"{name}.act_norm"], s.l2_norm)
 
@@ -181,7 +185,7 @@ def test_inspect_measures_with_calibration_text(models, capsys):
     out = capsys.readouterr().out
     assert "measured at p = 0.9" in out
     table = out.split("measured at p = 0.9")[1]
-    for method in ("dare", "darex-q, q auto", "darex-q, analytic", "magnitude"):
+    for method in ("dare", "darex-q, q auto", "darex-q, analytic", "darex-q, learned per layer", "magnitude"):
         assert method in table
     assert out.count("recommendation at p = 0.9:") == 1 and "darex prune BASE PATH -p 0.9 --method" in out
     assert cli.main(["inspect", ft, "--calibration", text]) == 1  # needs --base
@@ -202,6 +206,79 @@ def test_calibrate_errors(models, tmp_path, capsys):
     out.write_text("x")
     assert cli.main(["calibrate", ft, "--text", text, "-o", str(out)]) == 1
     assert "--overwrite" in capsys.readouterr().err
+
+
+def _lines_of(text: str) -> list[str]:
+    return [ln.strip() for ln in open(text).read().splitlines() if ln.strip()]
+
+
+def test_line_unit_one_input_per_line_with_special_tokens_no_padding(models):
+    kind, base, ft, text = models
+    tok = transformers.AutoTokenizer.from_pretrained(ft)
+    lines = _lines_of(text)
+    batches = calibration_batches(ft, open(text).read(), samples=20, seq_len=12, seed=3, unit="line", batch_size=4)
+    rows = [row for b in batches for row in b["input_ids"]]
+    assert len(rows) == 20
+    drawn = sorted(random.Random(3).sample(range(len(lines)), 20))
+    expected = [tok(lines[i], truncation=True, max_length=12)["input_ids"] for i in drawn]
+    assert sorted(r.tolist() for r in rows) == sorted(expected)  # every drawn line, nothing else
+    assert all(b["input_ids"].shape[0] <= 4 for b in batches)
+    if kind == "bert":
+        assert all(r[0] == tok.cls_token_id and r[-1] == tok.sep_token_id for r in rows)
+        assert any(len(e) == 12 for e in expected)  # a line cut at --seq-len keeps its [SEP]
+    assert all(tok.pad_token_id not in r.tolist() for r in rows)  # grouped by length, never padded
+    # fewer lines than --samples: every line once, in a fixed order
+    again = calibration_batches(ft, open(text).read(), samples=500, seq_len=12, seed=7, unit="line")
+    assert sum(b["input_ids"].shape[0] for b in again) == len(lines)
+    assert [b["input_ids"].tolist() for b in again] == \
+        [b["input_ids"].tolist() for b in calibration_batches(ft, open(text).read(), samples=500, seq_len=12,
+                                                              seed=8, unit="line")]
+
+
+def test_window_unit_is_the_published_draw(models):
+    kind, base, ft, text = models
+    tok = transformers.AutoTokenizer.from_pretrained(ft)
+    content = open(text).read()
+    ids = tok(content, return_tensors="pt", truncation=False)["input_ids"][0]
+    rng = random.Random(0)
+    starts = [rng.randint(0, ids.numel() - 16 - 1) for _ in range(5)]
+    batches = calibration_batches(ft, content, samples=5, seq_len=16, unit="window", batch_size=2)
+    got = torch.cat([b["input_ids"] for b in batches])
+    assert torch.equal(got, torch.stack([ids[s: s + 16] for s in starts]))
+    assert [b["input_ids"].shape[0] for b in batches] == [2, 2, 1]
+
+
+def test_auto_unit_lines_for_encoders_windows_for_decoders(models, tmp_path, capsys):
+    kind, base, ft, text = models
+    from safetensors import safe_open
+
+    stats = str(tmp_path / "stats.safetensors")
+    assert _run(["calibrate", ft, "--text", text, "--seq-len", "16", "-o", stats], capsys)[0] == 0
+    with safe_open(stats, "pt") as f:
+        meta = f.metadata()
+    unit = "line" if kind == "bert" else "window"
+    assert meta["darex.calibration.unit"] == unit
+    assert meta["darex.calibration.samples"] == str(len(_lines_of(text)) if unit == "line" else 50)
+    forced = str(tmp_path / "forced.safetensors")
+    assert _run(["calibrate", ft, "--text", text, "--seq-len", "16", "--calibration-unit", "window", "--samples",
+                 "3", "-o", forced], capsys)[0] == 0
+    with safe_open(forced, "pt") as f:
+        assert f.metadata()["darex.calibration.unit"] == "window"
+        assert f.metadata()["darex.calibration.tokens"] == str(3 * 16)
+
+
+def test_bad_calibration_unit_is_refused(models, tmp_path, capsys):
+    kind, base, ft, text = models
+    from darex_ext.pipeline.calibration import CalibrationError
+
+    with pytest.raises(CalibrationError, match="--calibration-unit"):
+        calibration_batches(ft, open(text).read(), unit="sentence")
+    with pytest.raises(CalibrationError, match="--samples"):
+        calibration_batches(ft, open(text).read(), samples=0, unit="line")
+    out = tmp_path / "s.safetensors"
+    with pytest.raises(SystemExit):
+        cli.main(["calibrate", ft, "--text", text, "--calibration-unit", "sentence", "-o", str(out)])
+    assert "--calibration-unit" in capsys.readouterr().err and not out.exists()
 
 
 def test_a_model_without_linear_layers_is_refused(tmp_path):

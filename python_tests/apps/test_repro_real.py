@@ -67,7 +67,7 @@ def test_pipeline_end_to_end_on_a_tiny_bert(tmp_path, monkeypatch):
     encoder = _tiny_bert(str(tmp_path / "tiny-bert"))
     cfg = repro_real.RealConfig(
         p=0.9, seeds=(0,), steps=3, lr=1e-3, batch_size=8, seq_len=24, n_train=32, n_val=16, n_test=16,
-        calib_lines=40, calib_windows=4, calib_seq_len=32, encoder=encoder,
+        calib_lines=40, calib_samples=4, calib_seq_len=32, encoder=encoder,
         methods=("dare", "darex-q-labels", "magnitude", "darex-q-auto", "analytic-two-sided", "learned"),
         # One candidate per round: q = 0.1 (= 1-p), then 0.55.
         q_search=(("hi", 0.1), ("step", 0.5), ("decay", 0.9)))
