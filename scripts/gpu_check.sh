@@ -10,6 +10,7 @@
 #     bench_prune.md    fused prune_/dare vs the PyTorch way and the copy_ ceiling (header + table)
 #     bench_storage.md  sparse delta encode/decode/add_to_ vs the dense add and the copy ceilings
 #     bench_topk.md     magnitude top-k vs torch.topk / kthvalue / argsort and the copy ceiling
+#     bench_swap.md     DeltaBank switch latency vs a dense delta add and a checkpoint load
 #     sanitizer.log     compute-sanitizer memcheck and racecheck over scripts/sanitizer_smoke.py
 #     summary.md        one row per step: status, seconds, note (also printed last)
 # Exit status: 0 when every step passed, else 1. A failed test does not stop the benchmarks:
@@ -30,7 +31,7 @@
 # Time: the whole job stays inside GPU_CHECK_BUDGET_S (default 480 s, under the call's 540). Each
 # step runs under `timeout` for its own cap or what is left, whichever is less, keeping a reserve
 # for the steps after it where it can, and is skipped under 20 s. Steps run in order of importance:
-# env, build (~2-4 min), tests, sanitizer, then bench_prune, bench_storage, bench_topk.
+# env, build (~2-4 min), tests, sanitizer, then bench_prune, bench_storage, bench_topk, bench_swap.
 # Environment: OUT (output folder), GPU_CHECK_PYTHON (default python3), GPU_CHECK_BUDGET_S,
 # GPU_CHECK_PRETEND_MISSING (packages to treat as missing, to test the leaving out).
 set -uo pipefail  # no -e: every step records its own status and the job goes on
@@ -85,6 +86,9 @@ bench_storage=("$PY" benchmarks/bench_storage.py --device cuda --size 28 --dtype
 # repeat 3: torch.kthvalue on one 2^28 slice runs in a single block and takes the longest.
 bench_topk=("$PY" benchmarks/bench_topk.py --device cuda --numel "$N" --dtypes float32,bfloat16
             --repeat 3 --markdown)
+# 0.2 B parameters (bf16, 8 fine-tunes at p = 0.99): enough to measure bandwidth, short enough for
+# the last step's minute.
+bench_swap=("$PY" benchmarks/bench_swap.py --device cuda --params 2e8 --ps 0.99 --repeat 2 --markdown)
 
 # The dry run's stand-ins: the same scripts, tiny and on the CPU.
 dry_bench_prune=("$PY" benchmarks/bench_prune.py --device cpu --numel 4096 --dtypes float32,bfloat16
@@ -93,6 +97,7 @@ dry_bench_storage=("$PY" benchmarks/bench_storage.py --device cpu --size 14 --dt
                    --repeat 1 --markdown)
 dry_bench_topk=("$PY" benchmarks/bench_topk.py --device cpu --numel 4096 --matrix 16x256
                 --dtypes float32,bfloat16 --repeat 1 --no-memory --markdown)
+dry_bench_swap=("$PY" benchmarks/bench_swap.py --device cpu --params 2e5 --ps 0.99 --repeat 1 --markdown)
 
 # ---- step bookkeeping ------------------------------------------------------------------------
 
@@ -343,12 +348,13 @@ bench() {  # bench NAME: the GPU command, or in the dry run its tiny CPU stand-i
 step_bench_prune() { bench prune; }
 step_bench_storage() { bench storage; }
 step_bench_topk() { bench topk; }
+step_bench_swap() { bench swap; }
 
 # ---- the job ---------------------------------------------------------------------------------
 
 main() {
   echo "gpu_check.sh $mode run, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  local later=(tests sanitizer bench_prune bench_storage bench_topk) s
+  local later=(tests sanitizer bench_prune bench_storage bench_topk bench_swap) s
   if ! step env 30 0 step_env; then
     for s in build "${later[@]}"; do skip "$s" "the environment check failed"; done
   elif ! step build 300 0 step_build; then
@@ -362,6 +368,7 @@ main() {
     step bench_prune 60 80 step_bench_prune
     step bench_storage 90 50 step_bench_storage
     step bench_topk 150 0 step_bench_topk
+    step bench_swap 60 0 step_bench_swap
   fi
   {
     echo "## gpu_check.sh ($mode run), $(date -u +%Y-%m-%d)"

@@ -13,8 +13,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
-STEPS = ("env", "build", "tests", "sanitizer", "bench_prune", "bench_storage", "bench_topk")
-FILES = {"log", "build.log", "sanitizer.log", "bench_prune.md", "bench_storage.md", "bench_topk.md", "summary.md"}
+STEPS = ("env", "build", "tests", "sanitizer", "bench_prune", "bench_storage", "bench_topk", "bench_swap")
+FILES = {"log", "build.log", "sanitizer.log", "bench_prune.md", "bench_storage.md", "bench_topk.md", "bench_swap.md",
+         "summary.md"}
 
 
 def _gpu_check(*args: str, out: Path | None = None, timeout: float = 240,
