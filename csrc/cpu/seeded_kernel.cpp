@@ -1,5 +1,6 @@
-// CPU kernels of the seeded storage format: the mask is regenerated from (seed, p, offset), so
-// only kept values are stored. Pass 1 packs the keep mask into bits with per-chunk counts
+// CPU kernels of the seeded storage format: the mask is regenerated from (seed, p, offset,
+// mask spec), so only kept values are stored. Spec v2 builds the same packed bits from the rare
+// elements alone (storage_common.h) and counts without touching every element. Pass 1 packs the keep mask into bits with per-chunk counts
 // (Philox only, no data reads); pass 2 compacts (pack) or scatters (decode / add, see
 // scatter_bits.h) chunk by chunk at the prefix-summed positions. The mask is generated once per
 // call; decode writes every element in that one pass (no separate zero fill).
@@ -18,14 +19,13 @@ namespace darex::cpu {
 namespace {
 
 at::Tensor seeded_pack_cpu(const at::Tensor& delta, double p, int64_t seed, int64_t offset,
-                           const std::optional<at::Tensor>& q_rows, double q) {
+                           const std::optional<at::Tensor>& q_rows, double q, int64_t mask_spec) {
   TORCH_CHECK(delta.device().is_cpu(), "delta must be a CPU tensor");
-  const int64_t row_len = check_prune_args(delta, p, offset, q_rows, q);
+  const int64_t row_len = check_prune_args(delta, p, offset, q_rows, q, mask_spec);
   const int64_t n = delta.numel();
   if (n == 0) return at::empty({0}, delta.options());
   const at::Tensor x = delta.contiguous();
-  const KeepPlan plan = plan_keep(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
-                                  drop_threshold(p));
+  const KeepPlan plan = plan_keep_spec(mask_spec, p, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n);
   at::Tensor values = at::empty({plan.total()}, delta.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_seeded_pack_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
@@ -50,10 +50,35 @@ at::Tensor seeded_pack_cpu(const at::Tensor& delta, double p, int64_t seed, int6
   return values;
 }
 
-at::Tensor keep_count_cpu(const at::Tensor& like, double p, int64_t seed, int64_t offset) {
+// Spec v2: the rare elements of each stripe piece, counted by walking (no per-element work).
+int64_t keep_count_skip(double p, uint64_t seed, uint64_t offset, int64_t n) {
+  const SkipPlan plan(p);
+  const int64_t pieces = n == 0 ? 0 : static_cast<int64_t>(((offset + static_cast<uint64_t>(n) - 1) >> kSkipStripeLog2) -
+                                                          (offset >> kSkipStripeLog2)) + 1;
+  std::vector<int64_t> rare(static_cast<size_t>(pieces), 0);
+  at::parallel_for(0, pieces, 16, [&](int64_t b0, int64_t b1) {
+    std::vector<int32_t> scratch(static_cast<size_t>(kSkipStripe));
+    for (int64_t b = b0; b < b1; ++b) {
+      const uint64_t stripe_start = ((offset >> kSkipStripeLog2) + static_cast<uint64_t>(b)) << kSkipStripeLog2;
+      const int64_t begin = stripe_start > offset ? static_cast<int64_t>(stripe_start - offset) : 0;
+      const int64_t end = std::min<int64_t>(n, static_cast<int64_t>(stripe_start + kSkipStripe - offset));
+      rare[static_cast<size_t>(b)] =
+          plan.rare_in(seed, offset + static_cast<uint64_t>(begin), static_cast<int32_t>(end - begin), scratch.data());
+    }
+  });
+  int64_t total = 0;
+  for (int64_t r : rare) total += r;
+  return plan.rare_is_keep ? total : n - total;
+}
+
+at::Tensor keep_count_cpu(const at::Tensor& like, double p, int64_t seed, int64_t offset, int64_t mask_spec) {
   check_p(p);
   check_offset(offset);
+  check_mask_spec(mask_spec);
   const int64_t n = like.numel();
+  if (mask_spec == kMaskSkip)
+    return at::scalar_tensor(keep_count_skip(p, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n),
+                             like.options().dtype(at::kLong));
   const uint32_t thr = drop_threshold(p);
   const int64_t chunks = (n + kStorageChunk - 1) / kStorageChunk;
   std::vector<int64_t> counts(static_cast<size_t>(chunks), 0);
@@ -71,15 +96,15 @@ at::Tensor keep_count_cpu(const at::Tensor& like, double p, int64_t seed, int64_
 }
 
 void seeded_scatter_cpu(at::Tensor& out, const at::Tensor& values, double p, int64_t seed,
-                        int64_t offset, double alpha, bool accumulate) {
+                        int64_t offset, double alpha, bool accumulate, int64_t mask_spec) {
   TORCH_CHECK(out.device().is_cpu(), "out must be a CPU tensor");
   check_values_for(out, values);
   check_p(p);
   check_offset(offset);
+  check_mask_spec(mask_spec);
   check_scatter_scalars(alpha);
   const int64_t n = out.numel();
-  const KeepPlan plan = plan_keep(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
-                                  drop_threshold(p));
+  const KeepPlan plan = plan_keep_spec(mask_spec, p, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n);
   TORCH_CHECK_VALUE(plan.total() == values.numel(), "values has ", values.numel(),
                     " entries but the seeded mask (p=", p, ") keeps ", plan.total(), " of ", n);
   if (n == 0) return;

@@ -20,6 +20,15 @@ inline void check_p(double p) {
   TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, "p must be in [0, 1), got ", p);
 }
 
+// The mask spec an op uses (docs/mask_spec.md): the schemas' `mask_spec` argument.
+constexpr int64_t kMaskPhilox = 1;  // version 1, one Philox word per element
+constexpr int64_t kMaskSkip = 2;    // version 2, geometric gaps of the rare outcome
+
+inline void check_mask_spec(int64_t mask_spec) {
+  TORCH_CHECK_VALUE(mask_spec == kMaskPhilox || mask_spec == kMaskSkip,
+                    "mask_spec must be 1 (philox) or 2 (skip), got ", mask_spec);
+}
+
 inline void check_offset(int64_t offset) {
   TORCH_CHECK_VALUE(offset >= 0, "offset must be >= 0, got ", offset);
 }
@@ -54,8 +63,10 @@ inline void check_same(const at::Tensor& a, const char* an, const at::Tensor& b,
 
 // All entry checks of prune_ / kept_abs_sum (q_rows may be absent); returns the row length.
 inline int64_t check_prune_args(const at::Tensor& delta, double p, int64_t offset,
-                                const std::optional<at::Tensor>& q_rows, double q) {
+                                const std::optional<at::Tensor>& q_rows, double q,
+                                int64_t mask_spec = kMaskPhilox) {
   check_values_tensor(delta, "delta");
+  check_mask_spec(mask_spec);
   check_p(p);
   check_offset(offset);
   return check_q(delta, q_rows, q);
@@ -64,8 +75,9 @@ inline int64_t check_prune_args(const at::Tensor& delta, double p, int64_t offse
 // All entry checks of dare_out; returns the row length for per-row q.
 inline int64_t check_dare_args(const at::Tensor& finetuned, const at::Tensor& base, double p,
                                int64_t offset, const std::optional<at::Tensor>& q_rows, double q,
-                               const at::Tensor& out) {
+                               const at::Tensor& out, int64_t mask_spec) {
   check_values_tensor(finetuned, "finetuned");
+  check_mask_spec(mask_spec);
   check_same(finetuned, "finetuned", base, "base");
   check_same(finetuned, "finetuned", out, "out");
   check_p(p);

@@ -58,7 +58,14 @@ def drop_threshold(p: float) -> int:
     return min(int(scaled), _U32)
 
 
-def keep_mask(shape, p: float, seed: int, *, offset: int = 0, device=None) -> torch.Tensor:
+def keep_mask(shape, p: float, seed: int, *, offset: int = 0, device=None, mask: str = "skip") -> torch.Tensor:
+    """The keep mask of spec version 2 (mask="skip", skip_mask.py) or version 1 ("philox")."""
+    if mask == "skip":
+        from .skip_mask import skip_keep_mask  # skip_mask imports this module's Philox
+
+        return skip_keep_mask(shape, p, seed, offset=offset, device=device)
+    if mask != "philox":
+        raise ValueError(f"mask must be 'skip' or 'philox', got {mask!r}")
     shape = torch.Size(shape)
     u = mask_words(shape.numel(), seed, offset=offset, device=device)
     return (u >= drop_threshold(p)).reshape(shape)

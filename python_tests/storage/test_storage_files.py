@@ -74,7 +74,7 @@ def test_plain_safetensors_reads_header_and_tensors(tmp_path):
         assert meta["k"] == "v"
         index = json.loads(meta["darex_ext.tensors"])
         assert index["a"] == {"format": "seeded", "dtype": "bfloat16", "shape": [8, 40], "p": 0.9,
-                              "q": 0.25, "seed": 3, "offset": 0, "method": "dare"}
+                              "q": 0.25, "seed": 3, "offset": 0, "method": "dare", "mask": "skip"}
         assert index["b"]["format"] == "csr"
         assert sorted(f.keys()) == ["a.values", "b.col", "b.crow", "b.values"]
         assert f.get_tensor("b.col").dtype == torch.uint8  # 40 columns
@@ -368,7 +368,7 @@ def test_files_with_per_row_q_as_json_still_load(tmp_path):
 
     delta = torch.randn(6, 5)
     q = [0.2, 0.3, 0.25, 0.5, 0.4, 0.1]
-    sd = storage.compress_dare(delta, 0.5, torch.tensor(q), seed=9)
+    sd = storage.compress_dare(delta, 0.5, torch.tensor(q), seed=9, mask="philox")  # files of that era: spec v1
     entry = {"format": "seeded", "dtype": "float32", "shape": [6, 5], "method": "darex-q", "p": 0.5, "q": q,
              "seed": 9, "offset": 0}
     path = tmp_path / "old.safetensors"

@@ -1,0 +1,64 @@
+// Mask spec v2 ("skip") on the CPU: the host table, and the element range split into pieces that
+// never cross a stripe boundary, so each piece's rare elements come from one walk of one stripe
+// (common/skip_mask.h). Every op's v2 path is built from these two.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "../common/skip_mask.h"
+
+namespace darex::cpu {
+
+// The table and which outcome is rare, for one call of an op.
+struct SkipPlan {
+  std::vector<uint32_t> table;
+  bool rare_is_keep;
+  bool any_rare;  // false when rho rounds to no rare element at all (C[4095] = 0)
+
+  explicit SkipPlan(double p) : table(kSkipStripe), rare_is_keep(skip_rare_is_keep(p)) {
+    skip_table_build(p, table.data());
+    any_rare = table[kSkipStripe - 1] != 0u;
+  }
+
+  // Indices (relative to `first`) of the rare elements of [first, first + n), a range inside one
+  // stripe, in increasing order; returns how many. `out` holds at least n entries.
+  int32_t rare_in(uint64_t seed, uint64_t first, int32_t n, int32_t* out) const {
+    if (!any_rare) return 0;
+    const int32_t start = static_cast<int32_t>(first & (kSkipStripe - 1));
+    SkipWalker walk(seed, first >> kSkipStripeLog2, table.data());
+    int32_t count = 0;
+    for (int32_t r = walk.seek(start); r < start + n; r = walk.next()) out[count++] = r - start;
+    return count;
+  }
+
+  // words[k] = 1 if element first + k is kept, else 0 (the v1 spans' keep test with threshold
+  // 1), for a range inside one stripe.
+  void keep_words(uint64_t seed, uint64_t first, int32_t n, uint32_t* words, int32_t* scratch) const {
+    const int32_t count = rare_in(seed, first, n, scratch);
+    std::fill(words, words + n, rare_is_keep ? 0u : 1u);
+    for (int32_t k = 0; k < count; ++k) words[scratch[k]] = rare_is_keep ? 1u : 0u;
+  }
+};
+
+constexpr uint32_t kSkipWordThreshold = 1;  // keep iff word >= 1, for SkipPlan::keep_words
+
+// Calls f(start, count) in parallel over [0, n), pieces cut at the stripe boundaries of the flat
+// indices offset + [0, n), so count <= 4096 and a piece is inside one stripe.
+template <typename F>
+void for_each_stripe_piece(uint64_t offset, int64_t n, int64_t grain, const F& f) {
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end;) {
+      const uint64_t flat = offset + static_cast<uint64_t>(s);
+      const int64_t to_boundary = static_cast<int64_t>(kSkipStripe - (flat & (kSkipStripe - 1)));
+      const int64_t count = std::min(to_boundary, end - s);
+      f(s, static_cast<int32_t>(count));
+      s += count;
+    }
+  });
+}
+
+}  // namespace darex::cpu
