@@ -54,6 +54,28 @@ DAREX_HD_INLINE int32_t skip_gap(const uint32_t* table, int32_t limit, uint32_t 
   return lo;
 }
 
+// A faster search with the same answer, for hosts: index[b] = the smallest g with
+// table[g] > b * 2^20 (4096 if none), b < 4096. A word w starts its scan at index[w >> 20]
+// (every g below it has table[g] <= w), so the gap costs one load and about one compare
+// whatever p is, instead of branchy bisection steps.
+constexpr int kSkipIndexShift = 20;
+constexpr int32_t kSkipIndexSize = int32_t(1) << (32 - kSkipIndexShift);
+
+inline void skip_index_build(const uint32_t* table, uint16_t* index) {
+  int32_t g = 0;
+  for (int32_t b = 0; b < kSkipIndexSize; ++b) {
+    const uint32_t floor_w = static_cast<uint32_t>(b) << kSkipIndexShift;
+    while (g < kSkipStripe && table[g] <= floor_w) ++g;
+    index[b] = static_cast<uint16_t>(g);
+  }
+}
+
+DAREX_HD_INLINE int32_t skip_gap_indexed(const uint32_t* table, const uint16_t* index, int32_t limit, uint32_t w) {
+  int32_t g = index[w >> kSkipIndexShift];
+  while (g < limit && table[g] <= w) ++g;
+  return g < limit ? g : limit;
+}
+
 // Block c of stripe s's stream.
 DAREX_HD_INLINE Philox4 skip_block(uint64_t seed, uint64_t stripe, uint32_t c) {
   Philox4 ctr{{static_cast<uint32_t>(stripe), static_cast<uint32_t>(stripe >> 32), c, 1u}};
@@ -68,12 +90,14 @@ struct SkipWalker {
   uint64_t seed;
   uint64_t stripe;
   const uint32_t* table;
+  const uint16_t* index = nullptr;  // skip_index_build's, or nullptr for skip_gap's search
   uint32_t draw = 0;
   int32_t pos = 0;  // next candidate position
   Philox4 block{{0u, 0u, 0u, 0u}};
 
-  DAREX_HD_INLINE SkipWalker(uint64_t seed_, uint64_t stripe_, const uint32_t* table_)
-      : seed(seed_), stripe(stripe_), table(table_) {}
+  DAREX_HD_INLINE SkipWalker(uint64_t seed_, uint64_t stripe_, const uint32_t* table_,
+                             const uint16_t* index_ = nullptr)
+      : seed(seed_), stripe(stripe_), table(table_), index(index_) {}
 
   DAREX_HD_INLINE int32_t next() {
     if (pos >= kSkipStripe) return kSkipStripe;
@@ -81,7 +105,7 @@ struct SkipWalker {
     const uint32_t w = block.v[draw & 3u];
     ++draw;
     const int32_t left = kSkipStripe - pos;
-    const int32_t g = skip_gap(table, left, w);
+    const int32_t g = index != nullptr ? skip_gap_indexed(table, index, left, w) : skip_gap(table, left, w);
     if (g == left) {
       pos = kSkipStripe;
       return kSkipStripe;

@@ -16,11 +16,13 @@ namespace darex::cpu {
 // The table and which outcome is rare, for one call of an op.
 struct SkipPlan {
   std::vector<uint32_t> table;
+  std::vector<uint16_t> index;  // skip_index_build's: the gap in about one compare
   bool rare_is_keep;
   bool any_rare;  // false when rho rounds to no rare element at all (C[4095] = 0)
 
-  explicit SkipPlan(double p) : table(kSkipStripe), rare_is_keep(skip_rare_is_keep(p)) {
+  explicit SkipPlan(double p) : table(kSkipStripe), index(kSkipIndexSize), rare_is_keep(skip_rare_is_keep(p)) {
     skip_table_build(p, table.data());
+    skip_index_build(table.data(), index.data());
     any_rare = table[kSkipStripe - 1] != 0u;
   }
 
@@ -29,7 +31,7 @@ struct SkipPlan {
   int32_t rare_in(uint64_t seed, uint64_t first, int32_t n, int32_t* out) const {
     if (!any_rare) return 0;
     const int32_t start = static_cast<int32_t>(first & (kSkipStripe - 1));
-    SkipWalker walk(seed, first >> kSkipStripeLog2, table.data());
+    SkipWalker walk(seed, first >> kSkipStripeLog2, table.data(), index.data());
     int32_t count = 0;
     for (int32_t r = walk.seek(start); r < start + n; r = walk.next()) out[count++] = r - start;
     return count;

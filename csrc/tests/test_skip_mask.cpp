@@ -91,6 +91,26 @@ TEST(skip_gap_is_the_smallest_entry_above_the_word) {
   }
 }
 
+TEST(skip_indexed_gap_is_the_same_gap) {
+  std::vector<uint16_t> index(darex::kSkipIndexSize);
+  for (double p : {0.5, 0.99, 0.3, 0.7, 1e-4, 1e-6, 1 - 1e-6, 0.0}) {
+    const auto t = table_of(p);
+    darex::skip_index_build(t.data(), index.data());
+    uint32_t w = 0x243f6a88u;
+    for (int k = 0; k < 20000; ++k) {
+      w = w * 1664525u + 1013904223u;
+      const int32_t limit = 1 + static_cast<int32_t>((w >> 7) % darex::kSkipStripe);
+      for (uint32_t word : {w, t[limit - 1], t[limit - 1] - 1u, t[0], ~0u, 0u})
+        CHECK_EQ(darex::skip_gap_indexed(t.data(), index.data(), limit, word), darex::skip_gap(t.data(), limit, word));
+    }
+    darex::SkipWalker a(9, 4, t.data()), b(9, 4, t.data(), index.data());
+    for (int32_t r = a.next(); ; r = a.next()) {
+      CHECK_EQ(b.next(), r);
+      if (r == darex::kSkipStripe) break;
+    }
+  }
+}
+
 TEST(skip_seek_and_slow_path_agree_with_the_walk) {
   const auto t = table_of(0.97);
   const uint64_t seed = 77, stripe = (1ull << 33) + 3;  // the high counter word matters
