@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../common/skip_mask.h"
+#include "philox_fill.h"
 
 namespace darex::cpu {
 
@@ -28,13 +29,31 @@ struct SkipPlan {
 
   // Indices (relative to `first`) of the rare elements of [first, first + n), a range inside one
   // stripe, in increasing order; returns how many. `out` holds at least n entries.
+  //
+  // The walk of SkipWalker, reordered: a gap searched in the whole table (limit 4096) exceeds
+  // what is left of the stripe exactly when the limited search would end the walk, so each
+  // batch's gaps depend only on their words (computed first, with no chain through pos), then a
+  // running sum places them. Draws come kDrawBatch at a time from the vectorized Philox.
   int32_t rare_in(uint64_t seed, uint64_t first, int32_t n, int32_t* out) const {
     if (!any_rare) return 0;
+    constexpr int32_t kDrawBatch = 128;
+    const uint64_t stripe = first >> kSkipStripeLog2;
     const int32_t start = static_cast<int32_t>(first & (kSkipStripe - 1));
-    SkipWalker walk(seed, first >> kSkipStripeLog2, table.data(), index.data());
-    int32_t count = 0;
-    for (int32_t r = walk.seek(start); r < start + n; r = walk.next()) out[count++] = r - start;
-    return count;
+    const int32_t stop = start + n;
+    alignas(64) uint32_t words[kDrawBatch];
+    int32_t gaps[kDrawBatch];
+    int32_t count = 0, pos = 0;
+    for (uint64_t next_draw = 0;; next_draw += kDrawBatch) {
+      philox_fill_stripe(seed, stripe, next_draw, kDrawBatch, words);
+      for (int32_t k = 0; k < kDrawBatch; ++k)
+        gaps[k] = skip_gap_indexed(table.data(), index.data(), kSkipStripe, words[k]);
+      for (int32_t k = 0; k < kDrawBatch; ++k) {
+        const int32_t r = pos + gaps[k];
+        if (r >= stop) return count;  // past the piece, or the stripe has no further rare element
+        if (r >= start) out[count++] = r - start;
+        pos = r + 1;
+      }
+    }
   }
 
   // words[k] = 1 if element first + k is kept, else 0 (the v1 spans' keep test with threshold
