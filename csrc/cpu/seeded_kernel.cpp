@@ -10,6 +10,9 @@
 #include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
 
+#include <cstring>
+#include <vector>
+
 #include "../common/dare_math.h"
 #include "../ops/storage_args.h"
 #include "scatter_bits.h"
@@ -95,6 +98,54 @@ at::Tensor keep_count_cpu(const at::Tensor& like, double p, int64_t seed, int64_
   return at::scalar_tensor(total, like.options().dtype(at::kLong));
 }
 
+// Spec v2 with keep rare: the kept positions come straight from the stripe walk, once to count
+// (every count is checked before anything is written) and once to scatter, so the work is
+// O(kept) plus, for a decode, the zero fill; no packed bits of the whole tensor.
+template <typename scalar_t>
+void seeded_scatter_kept_only(scalar_t* dst, const scalar_t* src, int64_t values_n, double p, uint64_t seed,
+                              uint64_t offset, int64_t n, double alpha, bool accumulate) {
+  const SkipPlan plan(p);
+  const uint64_t first = offset >> kSkipStripeLog2;
+  const int64_t pieces = static_cast<int64_t>(((offset + static_cast<uint64_t>(n) - 1) >> kSkipStripeLog2) - first) + 1;
+  const auto range = [&](int64_t b, int64_t& begin, int64_t& end) {
+    const uint64_t stripe_start = (first + static_cast<uint64_t>(b)) << kSkipStripeLog2;
+    begin = stripe_start > offset ? static_cast<int64_t>(stripe_start - offset) : 0;
+    end = std::min<int64_t>(n, static_cast<int64_t>(stripe_start + kSkipStripe - offset));
+  };
+  std::vector<int64_t> starts(static_cast<size_t>(pieces + 1), 0);
+  at::parallel_for(0, pieces, 16, [&](int64_t b0, int64_t b1) {
+    std::vector<int32_t> rare(static_cast<size_t>(kSkipStripe));
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t begin, end;
+      range(b, begin, end);
+      starts[static_cast<size_t>(b) + 1] =
+          plan.rare_in(seed, offset + static_cast<uint64_t>(begin), static_cast<int32_t>(end - begin), rare.data());
+    }
+  });
+  for (int64_t b = 0; b < pieces; ++b) starts[static_cast<size_t>(b) + 1] += starts[static_cast<size_t>(b)];
+  TORCH_CHECK_VALUE(starts.back() == values_n, "values has ", values_n, " entries but the seeded mask (p=", p,
+                    ") keeps ", starts.back(), " of ", n);
+  using acc_t = acc_of<scalar_t>;
+  const acc_t a = static_cast<acc_t>(alpha);
+  at::parallel_for(0, pieces, 16, [&](int64_t b0, int64_t b1) {
+    std::vector<int32_t> rare(static_cast<size_t>(kSkipStripe));
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t begin, end;
+      range(b, begin, end);
+      const int32_t k =
+          plan.rare_in(seed, offset + static_cast<uint64_t>(begin), static_cast<int32_t>(end - begin), rare.data());
+      const scalar_t* v = src + starts[static_cast<size_t>(b)];
+      scalar_t* d = dst + begin;
+      if (accumulate) {
+        for (int32_t j = 0; j < k; ++j) d[rare[j]] = add_scaled(d[rare[j]], v[j], a);
+      } else {
+        std::memset(static_cast<void*>(d), 0, sizeof(scalar_t) * static_cast<size_t>(end - begin));  // +0.0
+        for (int32_t j = 0; j < k; ++j) d[rare[j]] = v[j];
+      }
+    }
+  });
+}
+
 void seeded_scatter_cpu(at::Tensor& out, const at::Tensor& values, double p, int64_t seed,
                         int64_t offset, double alpha, bool accumulate, int64_t mask_spec) {
   TORCH_CHECK(out.device().is_cpu(), "out must be a CPU tensor");
@@ -104,6 +155,17 @@ void seeded_scatter_cpu(at::Tensor& out, const at::Tensor& values, double p, int
   check_mask_spec(mask_spec);
   check_scatter_scalars(alpha);
   const int64_t n = out.numel();
+  if (mask_spec == kMaskSkip && p >= 0.875 && n > 0) {  // keep rare enough: no bits, O(kept)
+    const at::Tensor v = values.contiguous();
+    at::Tensor work = out.is_contiguous() ? out : out.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_seeded_scatter_cpu", [&] {
+      seeded_scatter_kept_only<scalar_t>(work.data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), v.numel(), p,
+                                         static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n, alpha,
+                                         accumulate);
+    });
+    if (!work.is_same(out)) out.copy_(work);
+    return;
+  }
   const KeepPlan plan = plan_keep_spec(mask_spec, p, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n);
   TORCH_CHECK_VALUE(plan.total() == values.numel(), "values has ", values.numel(),
                     " entries but the seeded mask (p=", p, ") keeps ", plan.total(), " of ", n);

@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -20,11 +21,17 @@ struct SkipPlan {
   std::vector<uint16_t> index;  // skip_index_build's: the gap in about one compare
   bool rare_is_keep;
   bool any_rare;  // false when rho rounds to no rare element at all (C[4095] = 0)
+  int32_t draw_batch;  // draws made per Philox call: a stripe's usual need, at most 128
 
   explicit SkipPlan(double p) : table(kSkipStripe), index(kSkipIndexSize), rare_is_keep(skip_rare_is_keep(p)) {
     skip_table_build(p, table.data());
     skip_index_build(table.data(), index.data());
     any_rare = table[kSkipStripe - 1] != 0u;
+    // mean + 4 standard deviations of a stripe's draws (rare count + 1), rounded up to 16
+    const double rho = p < 1.0 - p ? p : 1.0 - p;
+    const double mean = rho * kSkipStripe + 1.0;
+    const double want = mean + 4.0 * std::sqrt(mean) + 4.0;
+    draw_batch = want >= 128.0 ? 128 : (static_cast<int32_t>(want) + 15) / 16 * 16;
   }
 
   // Indices (relative to `first`) of the rare elements of [first, first + n), a range inside one
@@ -37,17 +44,18 @@ struct SkipPlan {
   int32_t rare_in(uint64_t seed, uint64_t first, int32_t n, int32_t* out) const {
     if (!any_rare) return 0;
     constexpr int32_t kDrawBatch = 128;
+    const int32_t batch = draw_batch;
     const uint64_t stripe = first >> kSkipStripeLog2;
     const int32_t start = static_cast<int32_t>(first & (kSkipStripe - 1));
     const int32_t stop = start + n;
     alignas(64) uint32_t words[kDrawBatch];
     int32_t gaps[kDrawBatch];
     int32_t count = 0, pos = 0;
-    for (uint64_t next_draw = 0;; next_draw += kDrawBatch) {
-      philox_fill_stripe(seed, stripe, next_draw, kDrawBatch, words);
-      for (int32_t k = 0; k < kDrawBatch; ++k)
+    for (uint64_t next_draw = 0;; next_draw += static_cast<uint64_t>(batch)) {
+      philox_fill_stripe(seed, stripe, next_draw, batch, words);
+      for (int32_t k = 0; k < batch; ++k)
         gaps[k] = skip_gap_indexed(table.data(), index.data(), kSkipStripe, words[k]);
-      for (int32_t k = 0; k < kDrawBatch; ++k) {
+      for (int32_t k = 0; k < batch; ++k) {
         const int32_t r = pos + gaps[k];
         if (r >= stop) return count;  // past the piece, or the stripe has no further rare element
         if (r >= start) out[count++] = r - start;

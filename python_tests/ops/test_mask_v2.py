@@ -179,3 +179,26 @@ def test_bad_mask_names_the_argument():
         darex_ext.keep_mask(x, 0.5, mask="Skip")
     with pytest.raises(ValueError, match="mask_spec"):
         torch.ops.darex.keep_mask(x, 0.5, 0, 0, 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [0.3, 0.9, 0.999])
+def test_seeded_storage_ops_are_the_twin(dtype, p):
+    from darex_ext import ops as kernels
+
+    x = randn(5, 3001, dtype=dtype)
+    values = kernels.seeded_pack(x, p, seed=7, offset=4000)
+    assert torch.equal(_bits(values), _bits(ref.seeded_pack(x, p, seed=7, offset=4000)))
+    assert kernels.keep_count(x, p, seed=7, offset=4000) == values.numel() == ref.keep_count(x.numel(), p, 7, offset=4000)
+    out = torch.empty(3001, 5, dtype=dtype).t()  # non-contiguous
+    kernels.seeded_scatter_(out, values, p, seed=7, offset=4000)
+    assert torch.equal(_bits(out), _bits(ref.seeded_scatter(x, values, p, seed=7, offset=4000)))
+    base = randn(5, 3001, dtype=dtype)
+    got = kernels.seeded_scatter_(base.clone(), values, p, seed=7, offset=4000, alpha=0.7, accumulate=True)
+    want = ref.seeded_scatter(base, values, p, seed=7, offset=4000, alpha=0.7, accumulate=True)
+    assert torch.equal(_bits(got), _bits(want))
+    with pytest.raises(ValueError, match="values has"):  # a wrong count is refused before any write
+        before = base.clone()
+        kernels.seeded_scatter_(base, values[:-1] if values.numel() else torch.zeros(1, dtype=dtype), p, seed=7,
+                                offset=4000)
+    assert torch.equal(_bits(base), _bits(before))
