@@ -202,3 +202,15 @@ def test_seeded_storage_ops_are_the_twin(dtype, p):
         kernels.seeded_scatter_(base, values[:-1] if values.numel() else torch.zeros(1, dtype=dtype), p, seed=7,
                                 offset=4000)
     assert torch.equal(_bits(base), _bits(before))
+
+
+def test_merge_sparsify_random_passes_the_mask_through():
+    from darex_ext.algorithms.merge_sparsify import random
+
+    x = randn(40, 300)
+    for mask in ("skip", "philox"):
+        for rescale in ("q", "l1", None):
+            got = random(x, 0.2, rescale, seed=5, mask=mask)
+            assert torch.equal(got != 0, darex_ext.keep_mask(x, 0.8, seed=5, mask=mask)), (mask, rescale)
+    with pytest.raises(ValueError, match="mask"):
+        random(x, 0.2, "q", seed=5, mask="foo")
