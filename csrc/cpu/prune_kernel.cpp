@@ -178,6 +178,7 @@ void prune_cpu(at::Tensor& delta, double p, int64_t seed, int64_t offset,
                const std::optional<at::Tensor>& q_rows, double q, int64_t mask_spec) {
   TORCH_CHECK(delta.device().is_cpu(), "delta must be a CPU tensor");
   const int64_t row_len = check_prune_args(delta, p, offset, q_rows, q, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = delta.numel();
   if (n == 0) return;
   at::Tensor work = delta.is_contiguous() ? delta : delta.contiguous();
@@ -203,6 +204,7 @@ void dare_out_cpu(const at::Tensor& finetuned, const at::Tensor& base, double p,
                   at::Tensor& out, int64_t mask_spec) {
   TORCH_CHECK(finetuned.device().is_cpu(), "finetuned must be a CPU tensor");
   const int64_t row_len = check_dare_args(finetuned, base, p, offset, q_rows, q, out, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = finetuned.numel();
   if (n == 0) return;
   const at::Tensor ft = finetuned.contiguous();
@@ -231,6 +233,7 @@ at::Tensor keep_mask_cpu(const at::Tensor& like, double p, int64_t seed, int64_t
   check_p(p);
   check_offset(offset);
   check_mask_spec(mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   at::Tensor mask = at::empty(like.sizes(), like.options().dtype(at::kBool));
   const int64_t n = mask.numel();
   if (n == 0) return mask;
@@ -263,6 +266,7 @@ inline void lane_tree(double* lanes) {
 at::Tensor kept_abs_sum_cpu(const at::Tensor& delta, double p, int64_t seed, int64_t offset, int64_t mask_spec) {
   TORCH_CHECK(delta.device().is_cpu(), "delta must be a CPU tensor");
   check_prune_args(delta, p, offset, std::nullopt, 1.0, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   at::Tensor result = at::zeros({2}, delta.options().dtype(at::kDouble));
   const int64_t n = delta.numel();
   if (n == 0) return result;

@@ -25,6 +25,7 @@ at::Tensor seeded_pack_cpu(const at::Tensor& delta, double p, int64_t seed, int6
                            const std::optional<at::Tensor>& q_rows, double q, int64_t mask_spec) {
   TORCH_CHECK(delta.device().is_cpu(), "delta must be a CPU tensor");
   const int64_t row_len = check_prune_args(delta, p, offset, q_rows, q, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = delta.numel();
   if (n == 0) return at::empty({0}, delta.options());
   const at::Tensor x = delta.contiguous();
@@ -78,6 +79,7 @@ at::Tensor keep_count_cpu(const at::Tensor& like, double p, int64_t seed, int64_
   check_p(p);
   check_offset(offset);
   check_mask_spec(mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = like.numel();
   if (mask_spec == kMaskSkip)
     return at::scalar_tensor(keep_count_skip(p, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n),
@@ -154,6 +156,7 @@ void seeded_scatter_cpu(at::Tensor& out, const at::Tensor& values, double p, int
   check_offset(offset);
   check_mask_spec(mask_spec);
   check_scatter_scalars(alpha);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = out.numel();
   if (mask_spec == kMaskSkip && p >= 0.875 && n > 0) {  // keep rare enough: no bits, O(kept)
     const at::Tensor v = values.contiguous();

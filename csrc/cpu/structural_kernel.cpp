@@ -55,6 +55,7 @@ void structural_prune_cpu(at::Tensor& delta, double p, int64_t dim, int64_t seed
                           double q, int64_t mask_spec) {
   TORCH_CHECK(delta.device().is_cpu(), "delta must be a CPU tensor");
   const SliceShape s = check_structural_args(delta, p, dim, offset, q, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = delta.numel();
   if (n == 0) return;
   const at::Tensor flags = slice_keep_flags(delta, s.slices, p, seed, offset, mask_spec);

@@ -269,6 +269,7 @@ void prune_cuda(at::Tensor& delta, double p, int64_t seed, int64_t offset,
                 const std::optional<at::Tensor>& q_rows, double q, int64_t mask_spec) {
   TORCH_CHECK(delta.is_cuda(), "delta must be a CUDA tensor");
   const int64_t row_len = check_prune_args(delta, p, offset, q_rows, q, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = delta.numel();
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(delta.device());
@@ -296,6 +297,7 @@ void dare_out_cuda(const at::Tensor& finetuned, const at::Tensor& base, double p
                    at::Tensor& out, int64_t mask_spec) {
   TORCH_CHECK(finetuned.is_cuda(), "finetuned must be a CUDA tensor");
   const int64_t row_len = check_dare_args(finetuned, base, p, offset, q_rows, q, out, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = finetuned.numel();
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(finetuned.device());
@@ -327,6 +329,7 @@ at::Tensor keep_mask_cuda(const at::Tensor& like, double p, int64_t seed, int64_
   check_p(p);
   check_offset(offset);
   check_mask_spec(mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const c10::cuda::CUDAGuard guard(like.device());
   at::Tensor mask = at::empty(like.sizes(), like.options().dtype(at::kBool));
   const int64_t n = mask.numel();
@@ -422,6 +425,7 @@ __global__ void __launch_bounds__(kOrderedTile) ordered_sum_kernel(const double*
 at::Tensor kept_abs_sum_cuda(const at::Tensor& delta, double p, int64_t seed, int64_t offset, int64_t mask_spec) {
   TORCH_CHECK(delta.is_cuda(), "delta must be a CUDA tensor");
   check_prune_args(delta, p, offset, std::nullopt, 1.0, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const c10::cuda::CUDAGuard guard(delta.device());
   const int64_t n = delta.numel();
   if (n == 0) return at::zeros({2}, delta.options().dtype(at::kDouble));

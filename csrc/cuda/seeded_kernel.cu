@@ -227,6 +227,7 @@ at::Tensor seeded_pack_cuda(const at::Tensor& delta, double p, int64_t seed, int
                             const std::optional<at::Tensor>& q_rows, double q, int64_t mask_spec) {
   TORCH_CHECK(delta.is_cuda(), "delta must be a CUDA tensor");
   const int64_t row_len = check_prune_args(delta, p, offset, q_rows, q, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const c10::cuda::CUDAGuard guard(delta.device());
   const int64_t n = delta.numel();
   if (n == 0) return at::empty({0}, delta.options());
@@ -253,6 +254,7 @@ at::Tensor keep_count_cuda(const at::Tensor& like, double p, int64_t seed, int64
   check_p(p);
   check_offset(offset);
   check_mask_spec(mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const c10::cuda::CUDAGuard guard(like.device());
   const int64_t n = like.numel();
   if (n == 0) return at::zeros({}, like.options().dtype(at::kLong));
@@ -268,6 +270,7 @@ void seeded_scatter_cuda(at::Tensor& out, const at::Tensor& values, double p, in
   check_offset(offset);
   check_mask_spec(mask_spec);
   check_scatter_scalars(alpha);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const c10::cuda::CUDAGuard guard(out.device());
   const int64_t n = out.numel();
   const at::Tensor keep = seeded_keep(out, n, p, seed, offset, mask_spec);

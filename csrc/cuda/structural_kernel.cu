@@ -66,6 +66,7 @@ void structural_prune_cuda(at::Tensor& delta, double p, int64_t dim, int64_t see
                            double q, int64_t mask_spec) {
   TORCH_CHECK(delta.is_cuda(), "delta must be a CUDA tensor");
   const SliceShape s = check_structural_args(delta, p, dim, offset, q, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = delta.numel();
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(delta.device());

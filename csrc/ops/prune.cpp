@@ -13,6 +13,8 @@
 
 #include <optional>
 
+#include "prune_args.h"
+
 TORCH_LIBRARY_FRAGMENT(darex, m) {
   m.def(
       "prune_(Tensor(a!) delta, float p, int seed, int offset, Tensor? q_rows, float q, "
@@ -35,6 +37,7 @@ namespace {
 at::Tensor dare_composite(const at::Tensor& finetuned, const at::Tensor& base, double p, int64_t seed,
                           int64_t offset, const std::optional<at::Tensor>& q_rows, double q,
                           int64_t mask_spec) {
+  mask_spec = effective_mask_spec(mask_spec, p);  // dare_out resolves it too; an invalid spec stays invalid
   at::Tensor out = at::empty(finetuned.sizes(), finetuned.options());
   static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("darex::dare_out", "").typed<void(
       const at::Tensor&, const at::Tensor&, double, int64_t, int64_t, const std::optional<at::Tensor>&, double,

@@ -29,6 +29,21 @@ inline void check_mask_spec(int64_t mask_spec) {
                     "mask_spec must be 1 (philox) or 2 (skip), got ", mask_spec);
 }
 
+// Spec v2 is hybrid (docs/mask_spec.md, "Version 2", "Which mask"): the stripe gap walk only
+// when the rare outcome is rare, rho = min(p, 1 - p) < 1/8; for p in [1/8, 7/8] (both ends
+// included) spec v2's mask is spec v1's mask, the same Philox words and threshold. The walk costs
+// a draw and a table search per rare element, more than v1's one word per element once rho is
+// this large. The twin: darex_ext/reference/skip_mask.py, WALK_MAX_RHO.
+constexpr double kSkipWalkMaxRho = 0.125;  // the walk is used iff rho < this (exact in binary)
+
+// The spec an op's kernels run for (mask_spec, p): kMaskPhilox for kMaskSkip at moderate p,
+// otherwise mask_spec unchanged (an invalid value stays invalid). Every kernel that takes
+// mask_spec calls this right after its argument checks, before any branch on the spec.
+inline int64_t effective_mask_spec(int64_t mask_spec, double p) {
+  if (mask_spec == kMaskSkip && p >= kSkipWalkMaxRho && p <= 1.0 - kSkipWalkMaxRho) return kMaskPhilox;
+  return mask_spec;
+}
+
 inline void check_offset(int64_t offset) {
   TORCH_CHECK_VALUE(offset >= 0, "offset must be >= 0, got ", offset);
 }

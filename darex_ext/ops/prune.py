@@ -4,7 +4,8 @@ Dispatcher ops `prune_`, `dare`, `dare_out`, `keep_mask`, `kept_abs_sum`: their 
 fake kernels (torch.compile, opcheck) and the autograd of `dare`. Every random mask is the pure
 function of (seed, flat index) of docs/mask_spec.md, so the same seed gives the same mask on CPU
 and CUDA, for any thread count, and `keep_mask` regenerates it. `mask=` picks the spec: "skip"
-(version 2, the default: cost proportional to the rarer outcome) or "philox" (version 1). Reference: darex_ext/reference/prune.py.
+(version 2, the default: cost proportional to the rarer outcome for p < 1/8 or p > 7/8, version
+1's mask for 1/8 <= p <= 7/8) or "philox" (version 1). Reference: darex_ext/reference/prune.py.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def prune_(delta: torch.Tensor, p: float, q=None, *, seed=0, rescale: str = "q",
             rescale_norm="l1"; q must be None; nothing is scaled when every entry is dropped).
         offset: flat index of delta's first element in a larger logical tensor, for streaming a
             tensor in pieces with the mask of the whole.
-        mask: the mask spec (docs/mask_spec.md): "skip" (version 2, default; at p >= 0.5 only
-            the kept entries are read, the rest is zero-filled) or "philox" (version 1).
+        mask: the mask spec (docs/mask_spec.md): "skip" (version 2, default: the stripe walk
+            for p < 1/8 or p > 7/8, version 1's mask for 1/8 <= p <= 7/8; at p > 7/8 only the
+            kept entries are read, the rest is zero-filled) or "philox" (version 1).
 
     Returns:
         `delta`, for chaining.
@@ -80,7 +82,7 @@ def dare(finetuned: torch.Tensor, base: torch.Tensor, p: float, q=None, *, seed=
         finetuned, base: tensors of the same shape, dtype and device.
         p, q, seed, offset, mask: as in :func:`prune_`.
         out: optional tensor (same shape, dtype, device) to write into; may be `finetuned` or
-            `base` itself. With mask="skip" and p >= 0.5, ``out=base`` reads and writes only
+            `base` itself. With mask="skip" and p > 7/8, ``out=base`` reads and writes only
             the kept entries.
 
     Returns:

@@ -1,6 +1,7 @@
 """The seeded storage op (schema: csrc/ops/seeded.cpp): a DARE delta stored as its kept values
 only; the mask is regenerated from (seed, p, offset) by docs/mask_spec.md, spec version 2
-(mask="skip", the default: decode and count cost O(kept)) or 1 (mask="philox").
+(mask="skip", the default: for p > 7/8 decode and count cost O(kept); for 1/8 <= p <= 7/8 it is
+version 1's mask) or 1 (mask="philox").
 
 Dispatcher ops `seeded_pack`, `keep_count`, `seeded_scatter_`: typed wrappers and fake kernels.
 Reference: darex_ext/reference/seeded.py.

@@ -13,11 +13,29 @@ import torch
 
 from .mask import philox4x32_10
 
-__all__ = ["STRIPE", "skip_table", "rare_is_keep", "skip_rare_positions", "skip_keep_mask"]
+__all__ = ["STRIPE", "WALK_MAX_RHO", "uses_walk", "effective_mask", "skip_table", "rare_is_keep",
+           "skip_rare_positions", "skip_keep_mask"]
 
 STRIPE = 4096
 _U32 = 0xFFFFFFFF
 _U64 = (1 << 64) - 1
+
+# Spec v2 is hybrid (docs/mask_spec.md, "Version 2", "Which mask"): the stripe walk only when the
+# rare outcome is rare, rho = min(p, 1 - p) < 1/8; for p in [1/8, 7/8] (both ends included) the
+# v2 mask is the v1 mask (same Philox words, same threshold). Twin of kSkipWalkMaxRho in
+# csrc/ops/prune_args.h.
+WALK_MAX_RHO = 0.125
+
+
+def uses_walk(p: float) -> bool:
+    """Whether spec v2's mask at p is the stripe walk (p < 1/8 or p > 7/8) rather than v1's."""
+    p = float(p)
+    return not (p >= WALK_MAX_RHO and p <= 1.0 - WALK_MAX_RHO)
+
+
+def effective_mask(mask: str, p: float) -> str:
+    """The spec whose mask `mask` gives at p: "philox" for "skip" at 1/8 <= p <= 7/8, else `mask`."""
+    return "philox" if mask == "skip" and not uses_walk(p) else mask
 
 
 def rare_is_keep(p: float) -> bool:
@@ -72,8 +90,9 @@ def skip_rare_positions(seed: int, p: float, first: int, n: int, *, device=None)
 
 
 def skip_keep_mask(shape, p: float, seed: int, *, offset: int = 0, device=None) -> torch.Tensor:
-    """The boolean keep mask of spec v2 for a tensor of `shape` whose first element has flat
-    index `offset`."""
+    """The boolean keep mask of the stripe walk for a tensor of `shape` whose first element has
+    flat index `offset`, at any p. Spec v2's mask is this only where uses_walk(p); mask.keep_mask
+    (mask="skip") applies the whole rule."""
     shape = torch.Size(shape)
     n = shape.numel()
     rare = torch.zeros(n, dtype=torch.bool, device=device)

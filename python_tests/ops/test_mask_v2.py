@@ -1,6 +1,8 @@
 """The kernels of mask spec v2 (mask="skip", the default): bit for bit against the twin
 (darex_ext/reference/skip_mask.py), the Bernoulli law, independence across stripes, seeds, rows
-and offsets, invariance under threads and pieces; spec v1 stays selectable."""
+and offsets, invariance under threads and pieces; spec v1 stays selectable. Spec v2 is hybrid
+(docs/mask_spec.md, "Version 2"): the stripe walk only for p < 1/8 or p > 7/8, spec v1's mask for
+1/8 <= p <= 7/8, so the tests of the walk's own properties use p in the walk regime."""
 
 from __future__ import annotations
 
@@ -15,7 +17,12 @@ from darex_ext.reference.skip_mask import STRIPE
 
 from conftest import randn
 
-RATES = [1e-6, 0.01, 0.3, 0.5, 0.7, 0.99, 1 - 1e-6]
+RATES = [1e-6, 0.01, 0.1, math.nextafter(0.125, 0.0), 0.125, 0.3, 0.5, 0.7, 0.875, math.nextafter(0.875, 1.0),
+         0.9, 0.99, 1 - 1e-6]
+# docs/mask_spec.md, "Version 2", known answers: keep mask at p = 0.5, seed 0, elements 0..15
+KNOWN_P_HALF_SEED0 = "0111101000001010"
+MODERATE = [0.125, 0.3, 0.5, 0.7, 0.875]  # spec v2 is spec v1 here, ends included
+WALK_EDGE = [0.124, 0.876]                # just outside: the stripe walk
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
@@ -47,7 +54,7 @@ def test_keep_rate_within_binomial_bounds(p):
     assert abs(kept - mean) <= 6 * sd + 3, (kept, mean, sd)
 
 
-@pytest.mark.parametrize("p", [0.99, 0.3, 0.9999])
+@pytest.mark.parametrize("p", [0.99, 0.1, 0.3, 0.9999])
 def test_gaps_follow_the_geometric_law(p):
     # gaps between consecutive rare elements, pooled over stripes, against P(G = g) = rho (1 - rho)^g
     n = 1 << 24
@@ -78,7 +85,7 @@ def _pair_rate_ok(a: torch.Tensor, b: torch.Tensor, q: float) -> bool:
     return abs(both - n * q * q) <= 6 * math.sqrt(var) + 2
 
 
-@pytest.mark.parametrize("p", [0.5, 0.9])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 def test_no_correlation_across_stripe_boundaries(p):
     keep = darex_ext.keep_mask((4096 * STRIPE,), p, seed=17).reshape(-1, STRIPE)
     q = 1 - p
@@ -87,7 +94,7 @@ def test_no_correlation_across_stripe_boundaries(p):
     assert _pair_rate_ok(keep[:, 0], keep[:, 1], q)              # neighbours inside a stripe
 
 
-@pytest.mark.parametrize("p", [0.5, 0.9])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 def test_no_correlation_across_seeds_rows_and_offsets(p):
     q = 1 - p
     n = 1 << 22
@@ -100,7 +107,7 @@ def test_no_correlation_across_seeds_rows_and_offsets(p):
     assert _pair_rate_ok(rows[:-1].reshape(-1), rows[1:].reshape(-1), q)
 
 
-@pytest.mark.parametrize("p", [0.3, 0.99])
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.99])
 def test_threads_do_not_change_the_mask(p):
     n = 3 * (1 << 20) + 5
     x = randn(n)
@@ -115,7 +122,7 @@ def test_threads_do_not_change_the_mask(p):
     assert torch.equal(m1, m2) and torch.equal(_bits(y1), _bits(y2))
 
 
-@pytest.mark.parametrize("p", [0.2, 0.5, 0.95])
+@pytest.mark.parametrize("p", [0.05, 0.2, 0.5, 0.95])
 def test_pieces_with_offsets_are_the_whole(p):
     n = 5 * STRIPE + 123
     x, b = randn(n), randn(n)
@@ -130,7 +137,7 @@ def test_pieces_with_offsets_are_the_whole(p):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("p", [0.0, 0.3, 0.5, 0.9, 0.999])
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.3, 0.5, 0.9, 0.999])
 @pytest.mark.parametrize("shape", [(1,), (37,), (5, 1000), (3, 4097)])
 def test_prune_and_dare_are_the_twin(dtype, p, shape):
     x, b = randn(*shape, dtype=dtype), randn(*shape, dtype=dtype)
@@ -142,7 +149,7 @@ def test_prune_and_dare_are_the_twin(dtype, p, shape):
     assert torch.equal(_bits(darex_ext.dare(x, b, p, q, seed=9)), _bits(ref.dare(x, b, p, q, seed=9)))
 
 
-@pytest.mark.parametrize("p", [0.3, 0.9])
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.9])
 def test_dare_out_aliases(p):
     x, b = randn(3, 5000), randn(3, 5000)
     want = ref.dare(x, b, p, seed=6)
@@ -154,7 +161,7 @@ def test_dare_out_aliases(p):
         assert got is out and torch.equal(got, want), target
 
 
-@pytest.mark.parametrize("p", [0.3, 0.9])
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.9])
 def test_l1_rescale_uses_the_mask(p):
     x = randn(70000)
     assert torch.equal(darex_ext.prune_(x.clone(), p, seed=2, rescale="l1", offset=5),
@@ -182,7 +189,7 @@ def test_bad_mask_names_the_argument():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("p", [0.3, 0.9, 0.999])
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.9, 0.999])
 def test_seeded_storage_ops_are_the_twin(dtype, p):
     from darex_ext import ops as kernels
 
@@ -214,3 +221,97 @@ def test_merge_sparsify_random_passes_the_mask_through():
             assert torch.equal(got != 0, darex_ext.keep_mask(x, 0.8, seed=5, mask=mask)), (mask, rescale)
     with pytest.raises(ValueError, match="mask"):
         random(x, 0.2, "q", seed=5, mask="foo")
+
+
+def test_twin_rule_boundaries():
+    from darex_ext.reference.skip_mask import WALK_MAX_RHO, effective_mask, uses_walk
+
+    assert WALK_MAX_RHO == 0.125
+    for p in (0.0, 1e-12, 0.01, 0.124, math.nextafter(0.125, 0.0), math.nextafter(0.875, 1.0), 0.876, 0.99,
+              1 - 1e-12):
+        assert uses_walk(p) and effective_mask("skip", p) == "skip", p
+    for p in (0.125, math.nextafter(0.125, 1.0), 0.3, 0.5, 0.7, math.nextafter(0.875, 0.0), 0.875):
+        assert not uses_walk(p) and effective_mask("skip", p) == "philox", p
+    for p in (0.01, 0.5, 0.99):
+        assert effective_mask("philox", p) == "philox"
+
+
+def _all_ops(p: float, mask: str, x: torch.Tensor, b: torch.Tensor, q: torch.Tensor) -> dict:
+    """Every op that takes a mask, through the Python API and the raw dispatcher ops."""
+    from darex_ext import ops as kernels
+
+    spec = {"philox": 1, "skip": 2}[mask]
+    values = kernels.seeded_pack(x, p, seed=21, offset=4090, mask=mask)
+    base = b.clone()
+    return {
+        "keep_mask": darex_ext.keep_mask(x, p, seed=21, offset=4090, mask=mask),
+        "keep_mask_op": torch.ops.darex.keep_mask(x, p, 21, 4090, spec),
+        "prune_": _bits(darex_ext.prune_(x.clone(), p, seed=21, offset=4090, mask=mask)),
+        "prune_rows": _bits(darex_ext.prune_(x.clone(), p, q, seed=21, mask=mask)),
+        "prune_l1": _bits(darex_ext.prune_(x.clone(), p, seed=21, rescale="l1", mask=mask)),
+        "dare": _bits(darex_ext.dare(x, b, p, seed=21, offset=4090, mask=mask)),
+        "dare_op": _bits(torch.ops.darex.dare(x, b, p, 21, 4090, None, 1.0 - p, spec)),
+        "dare_out_base": _bits(darex_ext.dare(x, base, p, seed=21, offset=4090, out=base, mask=mask)),
+        "kept_abs_sum": _bits(torch.ops.darex.kept_abs_sum(x, p, 21, 4090, spec)),
+        "seeded_pack": _bits(values),
+        "keep_count": kernels.keep_count(x, p, seed=21, offset=4090, mask=mask),
+        "seeded_scatter_": _bits(kernels.seeded_scatter_(torch.empty_like(x), values, p, seed=21, offset=4090,
+                                                         mask=mask)),
+        "seeded_add": _bits(kernels.seeded_scatter_(b.clone(), values, p, seed=21, offset=4090, alpha=0.7,
+                                                    accumulate=True, mask=mask)),
+        "structural_dim0": _bits(darex_ext.structural_prune_(x.clone(), p, dim=0, seed=21, offset=3, mask=mask)),
+        "structural_dim1": _bits(darex_ext.structural_prune_(x.clone(), p, dim=1, seed=21, offset=3, mask=mask)),
+    }
+
+
+def _inputs(dtype=torch.float32):
+    x, b = randn(6, 3 * STRIPE + 1001, dtype=dtype), randn(6, 3 * STRIPE + 1001, dtype=dtype)
+    q = torch.linspace(0.2, 0.9, 6, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    return x, b, q
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", MODERATE)
+def test_skip_is_philox_bit_for_bit_at_moderate_p(p, dtype):
+    x, b, q = _inputs(dtype)
+    skip, philox = _all_ops(p, "skip", x, b, q), _all_ops(p, "philox", x, b, q)
+    for name in skip:
+        assert torch.equal(torch.as_tensor(skip[name]), torch.as_tensor(philox[name])), name
+    # and the twin follows the same rule
+    want = ref.keep_mask(x.shape, p, 21, offset=4090, mask="philox")
+    assert torch.equal(ref.keep_mask(x.shape, p, 21, offset=4090, mask="skip"), want)
+    assert torch.equal(skip["keep_mask"], want)
+    slices = darex_ext.keep_mask((x.shape[1],), p, seed=21, offset=3, mask="philox")
+    assert torch.equal(torch.ops.darex.keep_mask(torch.empty(x.shape[1]), p, 21, 3, 2), slices)
+
+
+@pytest.mark.parametrize("p", WALK_EDGE)
+def test_skip_walks_just_outside_the_moderate_range(p):
+    from darex_ext.reference.skip_mask import skip_keep_mask
+
+    x, b, q = _inputs()
+    skip, philox = _all_ops(p, "skip", x, b, q), _all_ops(p, "philox", x, b, q)
+    assert torch.equal(skip["keep_mask"], skip_keep_mask(x.shape, p, 21, offset=4090))  # the walk itself
+    assert torch.equal(philox["keep_mask"], ref.keep_mask(x.shape, p, 21, offset=4090, mask="philox"))
+    for name in skip:
+        if name == "keep_count":  # two independent counts may coincide; each matches its own mask
+            assert skip[name] == int(skip["keep_mask"].sum()) and philox[name] == int(philox["keep_mask"].sum())
+            continue
+        if name == "structural_dim0":  # 6 slices: two independent masks may coincide; checked below
+            continue
+        assert not torch.equal(torch.as_tensor(skip[name]), torch.as_tensor(philox[name])), name
+    assert torch.equal(skip["prune_"], _bits(ref.prune(x, p, seed=21, offset=4090, mask="skip")))
+    assert torch.equal(skip["dare"], _bits(ref.dare(x, b, p, seed=21, offset=4090, mask="skip")))
+    assert torch.equal(skip["kept_abs_sum"], _bits(ref.kept_abs_sum(x, p, seed=21, offset=4090, mask="skip")))
+    assert torch.equal(skip["structural_dim0"],
+                       _bits(ref.structural_prune(x, p, dim=0, seed=21, offset=3, mask="skip")))
+    assert torch.equal(skip["structural_dim1"],
+                       _bits(ref.structural_prune(x, p, dim=1, seed=21, offset=3, mask="skip")))
+
+
+def test_known_answer_p_half_skip_is_philox():
+    # docs/mask_spec.md, "Version 2", known answers: the first 16 bits at p = 0.5, seed 0, either spec
+    want = [int(v) for v in KNOWN_P_HALF_SEED0]
+    for mask in ("skip", "philox"):
+        assert darex_ext.keep_mask((16,), 0.5, seed=0, mask=mask).int().tolist() == want, mask
+        assert ref.keep_mask((16,), 0.5, 0, mask=mask).int().tolist() == want, mask

@@ -65,3 +65,46 @@ def test_seeded_storage_and_structural_cpu_equal_cuda(dtype, p):
     assert torch.equal(_bits(sdc.add_to_(base.cuda(), 0.7)), _bits(sd.add_to_(base.clone(), 0.7)))
     assert torch.equal(_bits(darex_ext.structural_prune_(x.cuda(), p, dim=1, seed=8)),
                        _bits(darex_ext.structural_prune_(x.clone(), p, dim=1, seed=8)))
+
+
+def _cuda_ops(p: float, mask: str, x: torch.Tensor, b: torch.Tensor) -> dict:
+    spec = {"philox": 1, "skip": 2}[mask]
+    values = kernels.seeded_pack(x, p, seed=21, offset=4090, mask=mask)
+    base = b.clone()
+    return {
+        "keep_mask": darex_ext.keep_mask(x, p, seed=21, offset=4090, mask=mask),
+        "prune_": _bits(darex_ext.prune_(x.clone(), p, seed=21, offset=4090, mask=mask)),
+        "prune_l1": _bits(darex_ext.prune_(x.clone(), p, seed=21, rescale="l1", mask=mask)),
+        "dare": _bits(darex_ext.dare(x, b, p, seed=21, offset=4090, mask=mask)),
+        "dare_out_base": _bits(darex_ext.dare(x, base, p, seed=21, offset=4090, out=base, mask=mask)),
+        "kept_abs_sum": _bits(torch.ops.darex.kept_abs_sum(x, p, 21, 4090, spec)),
+        "seeded_pack": _bits(values),
+        "keep_count": kernels.keep_count(x, p, seed=21, offset=4090, mask=mask),
+        "seeded_scatter_": _bits(kernels.seeded_scatter_(torch.empty_like(x), values, p, seed=21, offset=4090,
+                                                         mask=mask)),
+        "seeded_add": _bits(kernels.seeded_scatter_(b.clone(), values, p, seed=21, offset=4090, alpha=0.7,
+                                                    accumulate=True, mask=mask)),
+        "structural": _bits(darex_ext.structural_prune_(x.clone(), p, dim=1, seed=21, offset=3, mask=mask)),
+    }
+
+
+def _same(a, b) -> bool:
+    a = a.cpu() if isinstance(a, torch.Tensor) else torch.as_tensor(a)
+    b = b.cpu() if isinstance(b, torch.Tensor) else torch.as_tensor(b)
+    return torch.equal(a, b)
+
+
+@pytest.mark.parametrize("p", [0.124, 0.125, 0.3, 0.5, 0.7, 0.875, 0.876])
+def test_hybrid_rule_on_cuda(p):
+    # spec v2 is spec v1 for 1/8 <= p <= 7/8 (docs/mask_spec.md, "Version 2"), the walk outside;
+    # either way CUDA equals the CPU kernels bit for bit
+    x, b = randn(6, 3 * 4096 + 1001), randn(6, 3 * 4096 + 1001)
+    cpu_skip = _cuda_ops(p, "skip", x, b)
+    cuda_skip = _cuda_ops(p, "skip", x.cuda(), b.cuda())
+    cuda_philox = _cuda_ops(p, "philox", x.cuda(), b.cuda())
+    for name in cpu_skip:
+        assert _same(cuda_skip[name], cpu_skip[name]), name
+        if 0.125 <= p <= 0.875:
+            assert _same(cuda_skip[name], cuda_philox[name]), name
+        elif name != "keep_count":  # two independent counts may coincide
+            assert not _same(cuda_skip[name], cuda_philox[name]), name
