@@ -64,9 +64,12 @@ void for_each_mask_chunk(int64_t mask_spec, double p, uint64_t seed, uint64_t of
   });
 }
 
-// Spec v2 with keep rare enough that touching only the kept elements (and memset / memcpy of the
-// runs between them) beats the dense loop; near p = 0.5 the runs are too short for that.
-inline bool kept_only_pays(int64_t mask_spec, double p) { return mask_spec == kMaskSkip && p >= 0.875; }
+// Spec v2 with keep rare: touching only the kept elements (and memset / memcpy of the runs
+// between them) beats the dense loop. mask_spec is already resolved (effective_mask_spec), so
+// kMaskSkip here means the walk, p < 1/8 or p > 7/8, and this is its keep-rare side.
+inline bool kept_only_pays(int64_t mask_spec, double p) {
+  return mask_spec == kMaskSkip && p > 1.0 - kSkipWalkMaxRho;
+}
 
 // 1/q of flat element e (tensor-local): the row's for per-row q, else the scalar. Rows change
 // rarely along increasing e, so the division happens once per row, not per element.

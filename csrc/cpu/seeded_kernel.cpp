@@ -158,7 +158,7 @@ void seeded_scatter_cpu(at::Tensor& out, const at::Tensor& values, double p, int
   check_scatter_scalars(alpha);
   mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = out.numel();
-  if (mask_spec == kMaskSkip && p >= 0.875 && n > 0) {  // keep rare enough: no bits, O(kept)
+  if (mask_spec == kMaskSkip && p > 1.0 - kSkipWalkMaxRho && n > 0) {  // the walk, keep rare: no bits, O(kept)
     const at::Tensor v = values.contiguous();
     at::Tensor work = out.is_contiguous() ? out : out.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_seeded_scatter_cpu", [&] {
