@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "../common/philox.h"
+#include "../common/skip_mask.h"
 
 #if DAREX_X86_INTRINSICS
 #include <immintrin.h>
@@ -24,6 +25,19 @@ void philox_fill_scalar(uint64_t seed, uint64_t first_index, int64_t n, uint32_t
     for (unsigned w = static_cast<unsigned>(index & 3); w < 4 && k < n; ++w, ++k) u[k] = block.v[w];
   }
 }
+
+namespace {
+
+void stripe_fill_scalar(uint64_t seed, uint64_t stripe, uint64_t first_draw, int64_t n, uint32_t* u) {
+  int64_t k = 0;
+  while (k < n) {
+    const uint64_t draw = first_draw + static_cast<uint64_t>(k);
+    const Philox4 block = skip_block(seed, stripe, static_cast<uint32_t>(draw >> 2));
+    for (unsigned w = static_cast<unsigned>(draw & 3); w < 4 && k < n; ++w, ++k) u[k] = block.v[w];
+  }
+}
+
+}  // namespace
 
 #if DAREX_X86_INTRINSICS
 
@@ -41,7 +55,10 @@ __attribute__((target("avx2"))) inline void mulhilo8(__m256i a, __m256i m, __m25
 // groups of 8 run in lockstep to hide the latency of each round's multiply-xor chain.
 constexpr int kChains2 = 2;
 
-__attribute__((target("avx2"))) inline void philox8(uint64_t seed, uint64_t block, uint32_t* out) {
+// kStripe: mask spec v2's counters (stripe lo, stripe hi, block, 1) instead of v1's
+// (block lo, block hi, 0, 0).
+template <bool kStripe>
+__attribute__((target("avx2"))) inline void philox8(uint64_t seed, uint64_t block, uint64_t stripe, uint32_t* out) {
   __m256i c0[kChains2], c1[kChains2], c2[kChains2], c3[kChains2];
   for (int g = 0; g < kChains2; ++g) {
     alignas(32) uint32_t lo[8], hi[8];
@@ -50,10 +67,17 @@ __attribute__((target("avx2"))) inline void philox8(uint64_t seed, uint64_t bloc
       lo[l] = static_cast<uint32_t>(b);
       hi[l] = static_cast<uint32_t>(b >> 32);
     }
-    c0[g] = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
-    c1[g] = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
-    c2[g] = _mm256_setzero_si256();
-    c3[g] = _mm256_setzero_si256();
+    if constexpr (kStripe) {
+      c0[g] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(stripe)));
+      c1[g] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(stripe >> 32)));
+      c2[g] = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
+      c3[g] = _mm256_set1_epi32(1);
+    } else {
+      c0[g] = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
+      c1[g] = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
+      c2[g] = _mm256_setzero_si256();
+      c3[g] = _mm256_setzero_si256();
+    }
   }
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
@@ -96,16 +120,24 @@ __attribute__((target("avx2"))) inline void philox8(uint64_t seed, uint64_t bloc
 // kChains independent groups of 8 blocks run in lockstep to hide its latency.
 constexpr int kChains = 4;
 
-__attribute__((target("avx512f"))) inline void philox_wide(uint64_t seed, uint64_t block,
+template <bool kStripe>
+__attribute__((target("avx512f"))) inline void philox_wide(uint64_t seed, uint64_t block, uint64_t stripe,
                                                             uint32_t* out) {
   __m512i c0[kChains], c1[kChains], c2[kChains], c3[kChains];
   for (int g = 0; g < kChains; ++g) {
     const __m512i b = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(block + 8 * g)),
                                        _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
-    c0[g] = b;  // low half: block lo; high half ignored
-    c1[g] = _mm512_srli_epi64(b, 32);
-    c2[g] = _mm512_setzero_si512();
-    c3[g] = _mm512_setzero_si512();
+    if constexpr (kStripe) {
+      c0[g] = _mm512_set1_epi64(static_cast<uint32_t>(stripe));
+      c1[g] = _mm512_set1_epi64(static_cast<uint32_t>(stripe >> 32));
+      c2[g] = b;  // low half: block lo (a stripe has at most 1025 blocks)
+      c3[g] = _mm512_set1_epi64(1);
+    } else {
+      c0[g] = b;  // low half: block lo; high half ignored
+      c1[g] = _mm512_srli_epi64(b, 32);
+      c2[g] = _mm512_setzero_si512();
+      c3[g] = _mm512_setzero_si512();
+    }
   }
   const __m512i m0 = _mm512_set1_epi64(kPhiloxM0);
   const __m512i m1 = _mm512_set1_epi64(kPhiloxM1);
@@ -140,30 +172,42 @@ __attribute__((target("avx512f"))) inline void philox_wide(uint64_t seed, uint64
 }
 
 // Head up to a block boundary and the ragged tail go through scalar code / a bounce buffer.
-template <int kBlocks, void (*Kernel)(uint64_t, uint64_t, uint32_t*)>
-inline void philox_fill_vec(uint64_t seed, uint64_t first_index, int64_t n, uint32_t* u) {
+// first_index: a flat element index (v1) or a draw of `stripe` (kStripe).
+template <int kBlocks, bool kStripe, void (*Kernel)(uint64_t, uint64_t, uint64_t, uint32_t*)>
+inline void philox_fill_vec(uint64_t seed, uint64_t stripe, uint64_t first_index, int64_t n, uint32_t* u) {
   constexpr int64_t kStep = 4 * kBlocks;
   int64_t head = static_cast<int64_t>((4 - (first_index & 3)) & 3);
   if (head > n) head = n;
-  philox_fill_scalar(seed, first_index, head, u);
+  if constexpr (kStripe) stripe_fill_scalar(seed, stripe, first_index, head, u);
+  else philox_fill_scalar(seed, first_index, head, u);
   int64_t k = head;
   uint64_t block = (first_index + static_cast<uint64_t>(head)) >> 2;
-  for (; k + kStep <= n; k += kStep, block += kBlocks) Kernel(seed, block, u + k);
+  for (; k + kStep <= n; k += kStep, block += kBlocks) Kernel(seed, block, stripe, u + k);
   if (k < n) {
     alignas(64) uint32_t tail[kStep];
-    Kernel(seed, block, tail);
+    Kernel(seed, block, stripe, tail);
     std::memcpy(u + k, tail, static_cast<size_t>(n - k) * sizeof(uint32_t));
   }
 }
 
 __attribute__((target("avx2"))) void philox_fill_avx2(uint64_t seed, uint64_t first_index,
                                                       int64_t n, uint32_t* u) {
-  philox_fill_vec<8 * kChains2, philox8>(seed, first_index, n, u);
+  philox_fill_vec<8 * kChains2, false, philox8<false>>(seed, 0, first_index, n, u);
 }
 
 __attribute__((target("avx512f"))) void philox_fill_avx512(uint64_t seed, uint64_t first_index,
                                                           int64_t n, uint32_t* u) {
-  philox_fill_vec<8 * kChains, philox_wide>(seed, first_index, n, u);
+  philox_fill_vec<8 * kChains, false, philox_wide<false>>(seed, 0, first_index, n, u);
+}
+
+__attribute__((target("avx2"))) void stripe_fill_avx2(uint64_t seed, uint64_t stripe, uint64_t first_draw,
+                                                      int64_t n, uint32_t* u) {
+  philox_fill_vec<8 * kChains2, true, philox8<true>>(seed, stripe, first_draw, n, u);
+}
+
+__attribute__((target("avx512f"))) void stripe_fill_avx512(uint64_t seed, uint64_t stripe, uint64_t first_draw,
+                                                          int64_t n, uint32_t* u) {
+  philox_fill_vec<8 * kChains, true, philox_wide<true>>(seed, stripe, first_draw, n, u);
 }
 
 }  // namespace
@@ -176,10 +220,22 @@ void philox_fill(uint64_t seed, uint64_t first_index, int64_t n, uint32_t* u) {
   }
 }
 
+void philox_fill_stripe(uint64_t seed, uint64_t stripe, uint64_t first_draw, int64_t n, uint32_t* u) {
+  switch (active_isa()) {
+    case Isa::kAvx512: return stripe_fill_avx512(seed, stripe, first_draw, n, u);
+    case Isa::kAvx2: return stripe_fill_avx2(seed, stripe, first_draw, n, u);
+    default: return stripe_fill_scalar(seed, stripe, first_draw, n, u);
+  }
+}
+
 #else  // no vector path on this platform
 
 void philox_fill(uint64_t seed, uint64_t first_index, int64_t n, uint32_t* u) {
   philox_fill_scalar(seed, first_index, n, u);
+}
+
+void philox_fill_stripe(uint64_t seed, uint64_t stripe, uint64_t first_draw, int64_t n, uint32_t* u) {
+  stripe_fill_scalar(seed, stripe, first_draw, n, u);
 }
 
 #endif

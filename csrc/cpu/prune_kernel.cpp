@@ -1,6 +1,9 @@
-// CPU kernels of the seeded DARE ops: words come from philox_fill (vectorized) into a small
-// L1-resident buffer, then one tight loop per op applies the mask. Work is split over threads
-// by element range; every word depends only on (seed, index), so the split never shows.
+// CPU kernels of the seeded DARE ops. Spec v1: words come from philox_fill (vectorized) into a
+// small L1-resident buffer, then one tight loop per op applies the mask. Spec v2 (skip_walk.h):
+// when the rare outcome is keep, the ops touch only the kept elements (and zero-fill or copy the
+// rest at memset / memcpy speed); otherwise the stripe's keep test becomes 0/1 words for the same
+// tight loops. Work is split over threads by element range; the mask depends only on (seed,
+// index), so the split never shows.
 #include "isa.h"  // first: its GCC 12 workaround must precede the intrinsic headers
 
 #include <ATen/Dispatch.h>
@@ -11,12 +14,14 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "../common/abs_sum.h"
 #include "../common/dare_math.h"
 #include "../ops/prune_args.h"
 #include "philox_fill.h"
+#include "skip_walk.h"
 
 // The element loops, compiled once per instruction set (see prune_spans.inc).
 #define DAREX_ISA_SPANS "prune_spans.inc"
@@ -40,6 +45,51 @@ void for_each_word_chunk(uint64_t seed, uint64_t offset, int64_t n, const F& f) 
     }
   });
 }
+
+// Calls f(chunk_start, count, words, thr) over [0, n) in parallel: element chunk_start + k is
+// kept iff words[k] >= thr, under either mask spec.
+template <typename F>
+void for_each_mask_chunk(int64_t mask_spec, double p, uint64_t seed, uint64_t offset, int64_t n, const F& f) {
+  if (mask_spec == kMaskPhilox) {
+    const uint32_t thr = drop_threshold(p);
+    for_each_word_chunk(seed, offset, n, [&](int64_t s, int64_t count, const uint32_t* u) { f(s, count, u, thr); });
+    return;
+  }
+  const SkipPlan plan(p);
+  for_each_stripe_piece(offset, n, kGrain, [&](int64_t s, int32_t count) {
+    alignas(64) uint32_t words[kSkipStripe];
+    int32_t scratch[kSkipStripe];
+    plan.keep_words(seed, offset + static_cast<uint64_t>(s), count, words, scratch);
+    f(s, static_cast<int64_t>(count), static_cast<const uint32_t*>(words), kSkipWordThreshold);
+  });
+}
+
+// Spec v2 with keep rare: touching only the kept elements (and memset / memcpy of the runs
+// between them) beats the dense loop. mask_spec is already resolved (effective_mask_spec), so
+// kMaskSkip here means the walk, p < 1/8 or p > 7/8, and this is its keep-rare side.
+inline bool kept_only_pays(int64_t mask_spec, double p) {
+  return mask_spec == kMaskSkip && p > 1.0 - kSkipWalkMaxRho;
+}
+
+// 1/q of flat element e (tensor-local): the row's for per-row q, else the scalar. Rows change
+// rarely along increasing e, so the division happens once per row, not per element.
+template <typename acc_t>
+struct InverseQ {
+  const acc_t* q_rows;
+  int64_t row_len;
+  acc_t scalar;
+  int64_t row = -1;
+  acc_t inv = acc_t(0);
+  acc_t at(int64_t e) {
+    if (q_rows == nullptr) return scalar;
+    const int64_t r = e / row_len;
+    if (r != row) {
+      row = r;
+      inv = inverse_q<acc_t>(q_rows[r]);
+    }
+    return inv;
+  }
+};
 
 // Splits [start, start + count) at row boundaries: f(row, local_begin, length).
 template <typename F>
@@ -69,31 +119,83 @@ inline void with_inverse_q(int64_t s, int64_t count, int64_t row_len, const acc_
 // Calls span(start, words, length, inv) over [0, n) in parallel: the mask words of each piece
 // and the 1/q of its row (or the scalar 1/q), as prune_ and dare share them.
 template <typename acc_t, typename F>
-void for_each_scaled_span(int64_t seed, int64_t offset, int64_t n, int64_t row_len,
+void for_each_scaled_span(int64_t mask_spec, double p, int64_t seed, int64_t offset, int64_t n, int64_t row_len,
                           const std::optional<at::Tensor>& q_rows, double q, const F& span) {
   const acc_t* qr = q_rows ? q_rows->data_ptr<acc_t>() : nullptr;
   const acc_t inv = inverse_q<acc_t>(static_cast<acc_t>(q));
-  for_each_word_chunk(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
-                      [&](int64_t s, int64_t count, const uint32_t* u) {
+  for_each_mask_chunk(mask_spec, p, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
+                      [&](int64_t s, int64_t count, const uint32_t* u, uint32_t thr) {
                         with_inverse_q<acc_t>(s, count, row_len, qr, inv, [&](int64_t j, int64_t len, acc_t iv) {
-                          span(s + j, u + j, len, iv);
+                          span(s + j, u + j, len, iv, thr);
                         });
                       });
 }
 
+// Spec v2: f(s, count, rare, k) per stripe piece, rare[0..k) the piece-relative indices of its
+// rare elements (the kept ones when keep is rare).
+template <typename F>
+void for_each_rare_piece(const SkipPlan& plan, uint64_t seed, uint64_t offset, int64_t n, const F& f) {
+  for_each_stripe_piece(offset, n, kGrain, [&](int64_t s, int32_t count) {
+    int32_t rare[kSkipStripe];
+    const int32_t k = plan.rare_in(seed, offset + static_cast<uint64_t>(s), count, rare);
+    f(s, count, static_cast<const int32_t*>(rare), k);
+  });
+}
+
+// prune_ when keep is rare: zero the gaps between kept elements (memset), rescale the kept.
+template <typename scalar_t, typename acc_t>
+void prune_kept_only(scalar_t* x, const SkipPlan& plan, uint64_t seed, uint64_t offset, int64_t n,
+                     int64_t row_len, const acc_t* qr, acc_t inv_scalar) {
+  for_each_rare_piece(plan, seed, offset, n, [&](int64_t s, int32_t count, const int32_t* kept, int32_t k) {
+    InverseQ<acc_t> inv{qr, row_len, inv_scalar};
+    scalar_t* xs = x + s;
+    int32_t prev = 0;
+    for (int32_t j = 0; j < k; ++j) {
+      const int32_t r = kept[j];
+      std::memset(static_cast<void*>(xs + prev), 0, sizeof(scalar_t) * static_cast<size_t>(r - prev));  // +0.0
+      xs[r] = prune_store(xs[r], inv.at(s + r), true);
+      prev = r + 1;
+    }
+    std::memset(static_cast<void*>(xs + prev), 0, sizeof(scalar_t) * static_cast<size_t>(count - prev));
+  });
+}
+
+// dare when keep is rare: the kept results first (out may alias finetuned), then base copied
+// into the rest unless out is base, then the kept results stored.
+template <typename scalar_t, typename acc_t>
+void dare_kept_only(const scalar_t* f, const scalar_t* b, scalar_t* o, const SkipPlan& plan, uint64_t seed,
+                    uint64_t offset, int64_t n, int64_t row_len, const acc_t* qr, acc_t inv_scalar) {
+  for_each_rare_piece(plan, seed, offset, n, [&](int64_t s, int32_t count, const int32_t* kept, int32_t k) {
+    InverseQ<acc_t> inv{qr, row_len, inv_scalar};
+    scalar_t vals[kSkipStripe];
+    for (int32_t j = 0; j < k; ++j) {
+      const int64_t e = s + kept[j];
+      vals[j] = dare_store(f[e], b[e], inv.at(e), true);
+    }
+    if (o != b) std::memcpy(static_cast<void*>(o + s), b + s, sizeof(scalar_t) * static_cast<size_t>(count));
+    for (int32_t j = 0; j < k; ++j) o[s + kept[j]] = vals[j];
+  });
+}
+
 void prune_cpu(at::Tensor& delta, double p, int64_t seed, int64_t offset,
-               const std::optional<at::Tensor>& q_rows, double q) {
+               const std::optional<at::Tensor>& q_rows, double q, int64_t mask_spec) {
   TORCH_CHECK(delta.device().is_cpu(), "delta must be a CPU tensor");
-  const int64_t row_len = check_prune_args(delta, p, offset, q_rows, q);
+  const int64_t row_len = check_prune_args(delta, p, offset, q_rows, q, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = delta.numel();
   if (n == 0) return;
   at::Tensor work = delta.is_contiguous() ? delta : delta.contiguous();
-  const uint32_t thr = drop_threshold(p);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_prune_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
     scalar_t* x = work.data_ptr<scalar_t>();
-    for_each_scaled_span<acc_t>(seed, offset, n, row_len, q_rows, q,
-                                [&](int64_t i, const uint32_t* u, int64_t len, acc_t iv) {
+    if (kept_only_pays(mask_spec, p)) {
+      prune_kept_only<scalar_t, acc_t>(x, SkipPlan(p), static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
+                                       row_len, q_rows ? q_rows->data_ptr<acc_t>() : nullptr,
+                                       inverse_q<acc_t>(static_cast<acc_t>(q)));
+      return;
+    }
+    for_each_scaled_span<acc_t>(mask_spec, p, seed, offset, n, row_len, q_rows, q,
+                                [&](int64_t i, const uint32_t* u, int64_t len, acc_t iv, uint32_t thr) {
                                   DAREX_ISA_CALL(prune_span, x + i, u, len, thr, iv);
                                 });
   });
@@ -102,36 +204,53 @@ void prune_cpu(at::Tensor& delta, double p, int64_t seed, int64_t offset,
 
 void dare_out_cpu(const at::Tensor& finetuned, const at::Tensor& base, double p, int64_t seed,
                   int64_t offset, const std::optional<at::Tensor>& q_rows, double q,
-                  at::Tensor& out) {
+                  at::Tensor& out, int64_t mask_spec) {
   TORCH_CHECK(finetuned.device().is_cpu(), "finetuned must be a CPU tensor");
-  const int64_t row_len = check_dare_args(finetuned, base, p, offset, q_rows, q, out);
+  const int64_t row_len = check_dare_args(finetuned, base, p, offset, q_rows, q, out, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = finetuned.numel();
   if (n == 0) return;
   const at::Tensor ft = finetuned.contiguous();
   const at::Tensor bs = base.contiguous();
   at::Tensor dst = out.is_contiguous() ? out : at::empty(out.sizes(), out.options());
-  const uint32_t thr = drop_threshold(p);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ft.scalar_type(), "darex_dare_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
     const scalar_t* f = ft.data_ptr<scalar_t>();
     const scalar_t* b = bs.data_ptr<scalar_t>();
     scalar_t* o = dst.data_ptr<scalar_t>();
-    for_each_scaled_span<acc_t>(seed, offset, n, row_len, q_rows, q,
-                                [&](int64_t i, const uint32_t* u, int64_t len, acc_t iv) {
+    if (kept_only_pays(mask_spec, p)) {
+      dare_kept_only<scalar_t, acc_t>(f, b, o, SkipPlan(p), static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
+                                      n, row_len, q_rows ? q_rows->data_ptr<acc_t>() : nullptr,
+                                      inverse_q<acc_t>(static_cast<acc_t>(q)));
+      return;
+    }
+    for_each_scaled_span<acc_t>(mask_spec, p, seed, offset, n, row_len, q_rows, q,
+                                [&](int64_t i, const uint32_t* u, int64_t len, acc_t iv, uint32_t thr) {
                                   DAREX_ISA_CALL(dare_span, f + i, b + i, o + i, u, len, thr, iv);
                                 });
   });
   if (!dst.is_same(out)) out.copy_(dst);
 }
 
-at::Tensor keep_mask_cpu(const at::Tensor& like, double p, int64_t seed, int64_t offset) {
+at::Tensor keep_mask_cpu(const at::Tensor& like, double p, int64_t seed, int64_t offset, int64_t mask_spec) {
   check_p(p);
   check_offset(offset);
+  check_mask_spec(mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   at::Tensor mask = at::empty(like.sizes(), like.options().dtype(at::kBool));
   const int64_t n = mask.numel();
   if (n == 0) return mask;
-  const uint32_t thr = drop_threshold(p);
   bool* m = mask.data_ptr<bool>();
+  if (mask_spec == kMaskSkip) {  // fill with the common outcome, then flip the rare elements
+    const SkipPlan plan(p);
+    for_each_rare_piece(plan, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
+                        [&](int64_t s, int32_t count, const int32_t* rare, int32_t k) {
+                          std::memset(m + s, plan.rare_is_keep ? 0 : 1, static_cast<size_t>(count));
+                          for (int32_t j = 0; j < k; ++j) m[s + rare[j]] = plan.rare_is_keep;
+                        });
+    return mask;
+  }
+  const uint32_t thr = drop_threshold(p);
   for_each_word_chunk(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
                       [&](int64_t s, int64_t count, const uint32_t* u) {
                         DAREX_ISA_CALL(mask_span, m + s, u, count, thr);
@@ -147,28 +266,44 @@ inline void lane_tree(double* lanes) {
 
 // The sums in the fixed order of common/abs_sum.h: chunks in parallel, lanes within a chunk,
 // then the chunk sums in index order, so no thread count changes a bit.
-at::Tensor kept_abs_sum_cpu(const at::Tensor& delta, double p, int64_t seed, int64_t offset) {
+at::Tensor kept_abs_sum_cpu(const at::Tensor& delta, double p, int64_t seed, int64_t offset, int64_t mask_spec) {
   TORCH_CHECK(delta.device().is_cpu(), "delta must be a CPU tensor");
-  check_prune_args(delta, p, offset, std::nullopt, 1.0);
+  check_prune_args(delta, p, offset, std::nullopt, 1.0, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   at::Tensor result = at::zeros({2}, delta.options().dtype(at::kDouble));
   const int64_t n = delta.numel();
   if (n == 0) return result;
   const at::Tensor x = delta.contiguous();
-  const uint32_t thr = drop_threshold(p);
+  const bool skip = mask_spec == kMaskSkip;
+  const uint32_t thr = skip ? kSkipWordThreshold : drop_threshold(p);
+  const std::optional<SkipPlan> plan = skip ? std::optional<SkipPlan>(SkipPlan(p)) : std::nullopt;
   const int64_t chunks = (n + kAbsSumChunk - 1) / kAbsSumChunk;
   std::vector<double> kept(static_cast<size_t>(chunks)), total(static_cast<size_t>(chunks));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_kept_abs_sum_cpu", [&] {
     const scalar_t* v = x.data_ptr<scalar_t>();
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-      alignas(64) uint32_t words[kAbsSumStep];
+      alignas(64) uint32_t philox_words[kAbsSumStep];
       alignas(64) double lk[kAbsSumLanes], lt[kAbsSumLanes];
+      std::vector<uint32_t> chunk_words(skip ? static_cast<size_t>(kAbsSumChunk) : 0);
+      std::vector<int32_t> scratch(skip ? static_cast<size_t>(kSkipStripe) : 0);
       for (int64_t c = c0; c < c1; ++c) {
         std::fill(lk, lk + kAbsSumLanes, 0.0);
         std::fill(lt, lt + kAbsSumLanes, 0.0);
         const int64_t end = std::min(n, (c + 1) * kAbsSumChunk);
+        if (skip) {  // the chunk's keep words, one walk per stripe piece
+          for (int64_t s = c * kAbsSumChunk; s < end;) {
+            const uint64_t flat = static_cast<uint64_t>(offset) + static_cast<uint64_t>(s);
+            const int64_t len = std::min<int64_t>(end - s, kSkipStripe - static_cast<int64_t>(flat & (kSkipStripe - 1)));
+            plan->keep_words(static_cast<uint64_t>(seed), flat, static_cast<int32_t>(len),
+                             chunk_words.data() + (s - c * kAbsSumChunk), scratch.data());
+            s += len;
+          }
+        }
         for (int64_t s = c * kAbsSumChunk; s < end; s += kAbsSumStep) {
           const int64_t count = std::min(kAbsSumStep, end - s);
-          philox_fill(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + static_cast<uint64_t>(s), count, words);
+          const uint32_t* words = philox_words;
+          if (skip) words = chunk_words.data() + (s - c * kAbsSumChunk);
+          else philox_fill(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset) + static_cast<uint64_t>(s), count, philox_words);
           if (count == kAbsSumStep) {
             DAREX_ISA_CALL(abs_sum_step, v + s, words, thr, lk, lt);
             continue;

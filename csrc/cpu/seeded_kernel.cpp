@@ -1,5 +1,6 @@
-// CPU kernels of the seeded storage format: the mask is regenerated from (seed, p, offset), so
-// only kept values are stored. Pass 1 packs the keep mask into bits with per-chunk counts
+// CPU kernels of the seeded storage format: the mask is regenerated from (seed, p, offset,
+// mask spec), so only kept values are stored. Spec v2 builds the same packed bits from the rare
+// elements alone (storage_common.h) and counts without touching every element. Pass 1 packs the keep mask into bits with per-chunk counts
 // (Philox only, no data reads); pass 2 compacts (pack) or scatters (decode / add, see
 // scatter_bits.h) chunk by chunk at the prefix-summed positions. The mask is generated once per
 // call; decode writes every element in that one pass (no separate zero fill).
@@ -8,6 +9,9 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
+
+#include <cstring>
+#include <vector>
 
 #include "../common/dare_math.h"
 #include "../ops/storage_args.h"
@@ -18,14 +22,14 @@ namespace darex::cpu {
 namespace {
 
 at::Tensor seeded_pack_cpu(const at::Tensor& delta, double p, int64_t seed, int64_t offset,
-                           const std::optional<at::Tensor>& q_rows, double q) {
+                           const std::optional<at::Tensor>& q_rows, double q, int64_t mask_spec) {
   TORCH_CHECK(delta.device().is_cpu(), "delta must be a CPU tensor");
-  const int64_t row_len = check_prune_args(delta, p, offset, q_rows, q);
+  const int64_t row_len = check_prune_args(delta, p, offset, q_rows, q, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = delta.numel();
   if (n == 0) return at::empty({0}, delta.options());
   const at::Tensor x = delta.contiguous();
-  const KeepPlan plan = plan_keep(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
-                                  drop_threshold(p));
+  const KeepPlan plan = plan_keep_spec(mask_spec, p, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n);
   at::Tensor values = at::empty({plan.total()}, delta.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_seeded_pack_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
@@ -50,10 +54,36 @@ at::Tensor seeded_pack_cpu(const at::Tensor& delta, double p, int64_t seed, int6
   return values;
 }
 
-at::Tensor keep_count_cpu(const at::Tensor& like, double p, int64_t seed, int64_t offset) {
+// Spec v2: the rare elements of each stripe piece, counted by walking (no per-element work).
+int64_t keep_count_skip(double p, uint64_t seed, uint64_t offset, int64_t n) {
+  const SkipPlan plan(p);
+  const int64_t pieces = n == 0 ? 0 : static_cast<int64_t>(((offset + static_cast<uint64_t>(n) - 1) >> kSkipStripeLog2) -
+                                                          (offset >> kSkipStripeLog2)) + 1;
+  std::vector<int64_t> rare(static_cast<size_t>(pieces), 0);
+  at::parallel_for(0, pieces, 16, [&](int64_t b0, int64_t b1) {
+    std::vector<int32_t> scratch(static_cast<size_t>(kSkipStripe));
+    for (int64_t b = b0; b < b1; ++b) {
+      const uint64_t stripe_start = ((offset >> kSkipStripeLog2) + static_cast<uint64_t>(b)) << kSkipStripeLog2;
+      const int64_t begin = stripe_start > offset ? static_cast<int64_t>(stripe_start - offset) : 0;
+      const int64_t end = std::min<int64_t>(n, static_cast<int64_t>(stripe_start + kSkipStripe - offset));
+      rare[static_cast<size_t>(b)] =
+          plan.rare_in(seed, offset + static_cast<uint64_t>(begin), static_cast<int32_t>(end - begin), scratch.data());
+    }
+  });
+  int64_t total = 0;
+  for (int64_t r : rare) total += r;
+  return plan.rare_is_keep ? total : n - total;
+}
+
+at::Tensor keep_count_cpu(const at::Tensor& like, double p, int64_t seed, int64_t offset, int64_t mask_spec) {
   check_p(p);
   check_offset(offset);
+  check_mask_spec(mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = like.numel();
+  if (mask_spec == kMaskSkip)
+    return at::scalar_tensor(keep_count_skip(p, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n),
+                             like.options().dtype(at::kLong));
   const uint32_t thr = drop_threshold(p);
   const int64_t chunks = (n + kStorageChunk - 1) / kStorageChunk;
   std::vector<int64_t> counts(static_cast<size_t>(chunks), 0);
@@ -70,16 +100,76 @@ at::Tensor keep_count_cpu(const at::Tensor& like, double p, int64_t seed, int64_
   return at::scalar_tensor(total, like.options().dtype(at::kLong));
 }
 
+// Spec v2 with keep rare: the kept positions come straight from the stripe walk, once to count
+// (every count is checked before anything is written) and once to scatter, so the work is
+// O(kept) plus, for a decode, the zero fill; no packed bits of the whole tensor.
+template <typename scalar_t>
+void seeded_scatter_kept_only(scalar_t* dst, const scalar_t* src, int64_t values_n, double p, uint64_t seed,
+                              uint64_t offset, int64_t n, double alpha, bool accumulate) {
+  const SkipPlan plan(p);
+  const uint64_t first = offset >> kSkipStripeLog2;
+  const int64_t pieces = static_cast<int64_t>(((offset + static_cast<uint64_t>(n) - 1) >> kSkipStripeLog2) - first) + 1;
+  const auto range = [&](int64_t b, int64_t& begin, int64_t& end) {
+    const uint64_t stripe_start = (first + static_cast<uint64_t>(b)) << kSkipStripeLog2;
+    begin = stripe_start > offset ? static_cast<int64_t>(stripe_start - offset) : 0;
+    end = std::min<int64_t>(n, static_cast<int64_t>(stripe_start + kSkipStripe - offset));
+  };
+  std::vector<int64_t> starts(static_cast<size_t>(pieces + 1), 0);
+  at::parallel_for(0, pieces, 16, [&](int64_t b0, int64_t b1) {
+    std::vector<int32_t> rare(static_cast<size_t>(kSkipStripe));
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t begin, end;
+      range(b, begin, end);
+      starts[static_cast<size_t>(b) + 1] =
+          plan.rare_in(seed, offset + static_cast<uint64_t>(begin), static_cast<int32_t>(end - begin), rare.data());
+    }
+  });
+  for (int64_t b = 0; b < pieces; ++b) starts[static_cast<size_t>(b) + 1] += starts[static_cast<size_t>(b)];
+  TORCH_CHECK_VALUE(starts.back() == values_n, "values has ", values_n, " entries but the seeded mask (p=", p,
+                    ") keeps ", starts.back(), " of ", n);
+  using acc_t = acc_of<scalar_t>;
+  const acc_t a = static_cast<acc_t>(alpha);
+  at::parallel_for(0, pieces, 16, [&](int64_t b0, int64_t b1) {
+    std::vector<int32_t> rare(static_cast<size_t>(kSkipStripe));
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t begin, end;
+      range(b, begin, end);
+      const int32_t k =
+          plan.rare_in(seed, offset + static_cast<uint64_t>(begin), static_cast<int32_t>(end - begin), rare.data());
+      const scalar_t* v = src + starts[static_cast<size_t>(b)];
+      scalar_t* d = dst + begin;
+      if (accumulate) {
+        for (int32_t j = 0; j < k; ++j) d[rare[j]] = add_scaled(d[rare[j]], v[j], a);
+      } else {
+        std::memset(static_cast<void*>(d), 0, sizeof(scalar_t) * static_cast<size_t>(end - begin));  // +0.0
+        for (int32_t j = 0; j < k; ++j) d[rare[j]] = v[j];
+      }
+    }
+  });
+}
+
 void seeded_scatter_cpu(at::Tensor& out, const at::Tensor& values, double p, int64_t seed,
-                        int64_t offset, double alpha, bool accumulate) {
+                        int64_t offset, double alpha, bool accumulate, int64_t mask_spec) {
   TORCH_CHECK(out.device().is_cpu(), "out must be a CPU tensor");
   check_values_for(out, values);
   check_p(p);
   check_offset(offset);
+  check_mask_spec(mask_spec);
   check_scatter_scalars(alpha);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = out.numel();
-  const KeepPlan plan = plan_keep(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
-                                  drop_threshold(p));
+  if (mask_spec == kMaskSkip && p > 1.0 - kSkipWalkMaxRho && n > 0) {  // the walk, keep rare: no bits, O(kept)
+    const at::Tensor v = values.contiguous();
+    at::Tensor work = out.is_contiguous() ? out : out.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_seeded_scatter_cpu", [&] {
+      seeded_scatter_kept_only<scalar_t>(work.data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), v.numel(), p,
+                                         static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n, alpha,
+                                         accumulate);
+    });
+    if (!work.is_same(out)) out.copy_(work);
+    return;
+  }
+  const KeepPlan plan = plan_keep_spec(mask_spec, p, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n);
   TORCH_CHECK_VALUE(plan.total() == values.numel(), "values has ", values.numel(),
                     " entries but the seeded mask (p=", p, ") keeps ", plan.total(), " of ", n);
   if (n == 0) return;

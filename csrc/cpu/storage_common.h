@@ -16,6 +16,8 @@
 #include "../common/bitpack.h"
 #include "../common/dare_math.h"
 #include "keep_bits.h"
+#include "../ops/prune_args.h"
+#include "skip_walk.h"
 
 namespace darex::cpu {
 
@@ -49,6 +51,48 @@ inline KeepPlan plan_keep(uint64_t seed, uint64_t offset, int64_t n, uint32_t th
   });
   for (int64_t c = 0; c < chunks; ++c) plan.starts[c + 1] += plan.starts[c];
   return plan;
+}
+
+// The same plan under mask spec v2: each chunk's bits are filled with the common outcome, then
+// the rare elements of its stripe pieces are flipped (O(n / 64) words plus O(rare)).
+inline KeepPlan plan_keep_skip(uint64_t seed, uint64_t offset, int64_t n, const SkipPlan& skip) {
+  KeepPlan plan;
+  plan.n = n;
+  const int64_t chunks = (n + kStorageChunk - 1) / kStorageChunk;
+  plan.bits.reset(new uint64_t[static_cast<size_t>(std::max<int64_t>(1, (n + 63) / 64))]);
+  plan.starts.assign(static_cast<size_t>(chunks + 1), 0);
+  uint64_t* bits = plan.bits.get();
+  int64_t* counts = plan.starts.data() + 1;
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<int32_t> rare(static_cast<size_t>(kSkipStripe));
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t s = c * kStorageChunk;
+      const int64_t len = std::min(kStorageChunk, n - s);
+      uint64_t* b = bits + s / 64;
+      const int64_t words = (len + 63) / 64;
+      std::fill(b, b + words, skip.rare_is_keep ? uint64_t(0) : ~uint64_t(0));
+      if (len % 64 != 0) b[words - 1] &= (uint64_t(1) << (len % 64)) - 1;  // no bit past n
+      int64_t rare_total = 0;
+      for (int64_t j = 0; j < len;) {
+        const uint64_t flat = offset + static_cast<uint64_t>(s + j);
+        const int32_t piece = static_cast<int32_t>(
+            std::min<int64_t>(len - j, kSkipStripe - static_cast<int64_t>(flat & (kSkipStripe - 1))));
+        const int32_t k = skip.rare_in(seed, flat, piece, rare.data());
+        for (int32_t t = 0; t < k; ++t) b[(j + rare[t]) / 64] ^= uint64_t(1) << ((j + rare[t]) % 64);
+        rare_total += k;
+        j += piece;
+      }
+      counts[c] = skip.rare_is_keep ? rare_total : len - rare_total;
+    }
+  });
+  for (int64_t c = 0; c < chunks; ++c) plan.starts[c + 1] += plan.starts[c];
+  return plan;
+}
+
+// The keep plan under either mask spec (mask_spec as in ops/prune_args.h).
+inline KeepPlan plan_keep_spec(int64_t mask_spec, double p, uint64_t seed, uint64_t offset, int64_t n) {
+  if (mask_spec == kMaskSkip) return plan_keep_skip(seed, offset, n, SkipPlan(p));
+  return plan_keep(seed, offset, n, drop_threshold(p));
 }
 
 // Words of mask bits this far ahead get their destination cache lines prefetched: a sparse

@@ -52,12 +52,13 @@ void run_spans(scalar_t* x, const bool* keep, int64_t begin, int64_t end, const 
 }
 
 void structural_prune_cpu(at::Tensor& delta, double p, int64_t dim, int64_t seed, int64_t offset,
-                          double q) {
+                          double q, int64_t mask_spec) {
   TORCH_CHECK(delta.device().is_cpu(), "delta must be a CPU tensor");
-  const SliceShape s = check_structural_args(delta, p, dim, offset, q);
+  const SliceShape s = check_structural_args(delta, p, dim, offset, q, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = delta.numel();
   if (n == 0) return;
-  const at::Tensor flags = slice_keep_flags(delta, s.slices, p, seed, offset);
+  const at::Tensor flags = slice_keep_flags(delta, s.slices, p, seed, offset, mask_spec);
   const bool* keep = flags.data_ptr<bool>();
   const uint8_t* keep_bytes = reinterpret_cast<const uint8_t*>(keep);  // bool is one byte, 0 or 1
   at::Tensor work = delta.is_contiguous() ? delta : delta.contiguous();

@@ -2,7 +2,8 @@
 // use one aligned vector access, and a block whose 4 elements are all dropped skips the load
 // it does not need (at p = 0.99 that is ~96% of blocks). Values are written by the same
 // prune_store / dare_store as on the CPU (common/dare_math.h), on every path: a dropped dare
-// entry is base's bits whether or not its group has a kept element.
+// entry is base's bits whether or not its group has a kept element. Spec v2 (skip_walk.cuh): a
+// block per stripe piece; when keep is rare only the kept values are read.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -18,6 +19,7 @@
 #include "../common/dare_math.h"
 #include "../ops/prune_args.h"
 #include "launch.cuh"
+#include "skip_walk.cuh"
 
 namespace darex::cuda {
 namespace {
@@ -152,6 +154,102 @@ struct MaskOp {
   }
 };
 
+// ---- spec v2 ops: op(pieces, begin, len, rare, count), run by a whole block per piece.
+
+template <typename acc_t>
+struct RowInverse {
+  const acc_t* q_rows;  // nullptr: the scalar
+  int64_t row_len;
+  acc_t scalar;
+  __device__ __forceinline__ acc_t at(int64_t e) const {
+    return q_rows == nullptr ? scalar : inverse_q<acc_t>(q_rows[e / row_len]);
+  }
+};
+
+// flags[j] = 1 iff element begin + j of the piece is kept. Ends with a barrier.
+__device__ __forceinline__ void keep_flags(const StripePieces& sp, int len, const int16_t* rare, int count,
+                                           uint8_t* flags) {
+  for (int j = threadIdx.x; j < len; j += kSkipThreads) flags[j] = sp.rare_is_keep ? 0 : 1;
+  __syncthreads();
+  for (int j = threadIdx.x; j < count; j += kSkipThreads) flags[rare[j]] = sp.rare_is_keep ? 1 : 0;
+  __syncthreads();
+}
+
+struct SkipMaskOp {
+  bool* m;
+  __device__ __forceinline__ void operator()(const StripePieces& sp, int64_t begin, int len, const int16_t* rare,
+                                             int count) const {
+    for (int j = threadIdx.x; j < len; j += kSkipThreads) m[begin + j] = !sp.rare_is_keep;
+    __syncthreads();
+    for (int j = threadIdx.x; j < count; j += kSkipThreads) m[begin + rare[j]] = sp.rare_is_keep;
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+struct SkipPruneOp {
+  scalar_t* x;
+  RowInverse<acc_t> inv;
+  __device__ __forceinline__ void operator()(const StripePieces& sp, int64_t begin, int len, const int16_t* rare,
+                                             int count) const {
+    if (sp.rare_is_keep) {  // read the kept values, zero the piece, store them
+      __shared__ alignas(8) unsigned char raw[kSkipStripe * sizeof(scalar_t)];
+      scalar_t* vals = reinterpret_cast<scalar_t*>(raw);
+      for (int j = threadIdx.x; j < count; j += kSkipThreads) {
+        const int64_t e = begin + rare[j];
+        vals[j] = prune_store(x[e], inv.at(e), true);
+      }
+      __syncthreads();
+      for (int j = threadIdx.x; j < len; j += kSkipThreads) x[begin + j] = storage_zero<scalar_t>();
+      __syncthreads();
+      for (int j = threadIdx.x; j < count; j += kSkipThreads) x[begin + rare[j]] = vals[j];
+      return;
+    }
+    __shared__ uint8_t flags[kSkipStripe];
+    keep_flags(sp, len, rare, count, flags);
+    for (int j = threadIdx.x; j < len; j += kSkipThreads) {
+      const int64_t e = begin + j;
+      x[e] = prune_store(x[e], inv.at(e), flags[j] != 0);
+    }
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+struct SkipDareOp {
+  const scalar_t* ft;
+  const scalar_t* base;
+  scalar_t* out;
+  RowInverse<acc_t> inv;
+  __device__ __forceinline__ void operator()(const StripePieces& sp, int64_t begin, int len, const int16_t* rare,
+                                             int count) const {
+    if (sp.rare_is_keep) {  // kept results first (out may alias finetuned), base copied unless out is base
+      __shared__ alignas(8) unsigned char raw[kSkipStripe * sizeof(scalar_t)];
+      scalar_t* vals = reinterpret_cast<scalar_t*>(raw);
+      for (int j = threadIdx.x; j < count; j += kSkipThreads) {
+        const int64_t e = begin + rare[j];
+        vals[j] = dare_store(ft[e], base[e], inv.at(e), true);
+      }
+      __syncthreads();
+      if (out != base)
+        for (int j = threadIdx.x; j < len; j += kSkipThreads) out[begin + j] = base[begin + j];
+      __syncthreads();
+      for (int j = threadIdx.x; j < count; j += kSkipThreads) out[begin + rare[j]] = vals[j];
+      return;
+    }
+    __shared__ uint8_t flags[kSkipStripe];
+    keep_flags(sp, len, rare, count, flags);
+    for (int j = threadIdx.x; j < len; j += kSkipThreads) {
+      const int64_t e = begin + j;
+      out[e] = dare_store(ft[e], base[e], inv.at(e), flags[j] != 0);
+    }
+  }
+};
+
+template <typename acc_t>
+RowInverse<acc_t> make_row_inverse(const std::optional<at::Tensor>& q_rows, int64_t row_len, double q) {
+  return RowInverse<acc_t>{q_rows ? q_rows->data_ptr<acc_t>() : nullptr, row_len,
+                           inverse_q<acc_t>(static_cast<acc_t>(q))};
+}
+
 template <typename Op>
 void launch(const Op& op, uint64_t seed, uint64_t offset, int64_t n, int device) {
   const uint64_t blocks = philox_blocks(offset, n);
@@ -168,9 +266,10 @@ InverseQ<acc_t> make_inverse(const std::optional<at::Tensor>& q_rows, double q) 
 }
 
 void prune_cuda(at::Tensor& delta, double p, int64_t seed, int64_t offset,
-                const std::optional<at::Tensor>& q_rows, double q) {
+                const std::optional<at::Tensor>& q_rows, double q, int64_t mask_spec) {
   TORCH_CHECK(delta.is_cuda(), "delta must be a CUDA tensor");
-  const int64_t row_len = check_prune_args(delta, p, offset, q_rows, q);
+  const int64_t row_len = check_prune_args(delta, p, offset, q_rows, q, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = delta.numel();
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(delta.device());
@@ -178,6 +277,13 @@ void prune_cuda(at::Tensor& delta, double p, int64_t seed, int64_t offset,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_prune_cuda", [&] {
     using acc_t = acc_of<scalar_t>;
     scalar_t* x = work.data_ptr<scalar_t>();
+    if (mask_spec == kMaskSkip) {
+      const at::Tensor table = skip_table_on(p, work.device());
+      launch_skip(SkipPruneOp<scalar_t, acc_t>{x, make_row_inverse<acc_t>(q_rows, row_len, q)},
+                  stripe_pieces(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n, table, p),
+                  delta.get_device());
+      return;
+    }
     const PruneOp<scalar_t, acc_t> op{x, n, drop_threshold(p),
                                       vec4_aligned<scalar_t>(x, static_cast<uint64_t>(offset)),
                                       make_inverse<acc_t>(q_rows, q), q_rows ? row_len : 0};
@@ -188,9 +294,10 @@ void prune_cuda(at::Tensor& delta, double p, int64_t seed, int64_t offset,
 
 void dare_out_cuda(const at::Tensor& finetuned, const at::Tensor& base, double p, int64_t seed,
                    int64_t offset, const std::optional<at::Tensor>& q_rows, double q,
-                   at::Tensor& out) {
+                   at::Tensor& out, int64_t mask_spec) {
   TORCH_CHECK(finetuned.is_cuda(), "finetuned must be a CUDA tensor");
-  const int64_t row_len = check_dare_args(finetuned, base, p, offset, q_rows, q, out);
+  const int64_t row_len = check_dare_args(finetuned, base, p, offset, q_rows, q, out, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = finetuned.numel();
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(finetuned.device());
@@ -203,6 +310,12 @@ void dare_out_cuda(const at::Tensor& finetuned, const at::Tensor& base, double p
     const scalar_t* b = bs.data_ptr<scalar_t>();
     scalar_t* o = dst.data_ptr<scalar_t>();
     const uint64_t off = static_cast<uint64_t>(offset);
+    if (mask_spec == kMaskSkip) {
+      const at::Tensor table = skip_table_on(p, ft.device());
+      launch_skip(SkipDareOp<scalar_t, acc_t>{f, b, o, make_row_inverse<acc_t>(q_rows, row_len, q)},
+                  stripe_pieces(static_cast<uint64_t>(seed), off, n, table, p), finetuned.get_device());
+      return;
+    }
     const bool vec = vec4_aligned<scalar_t>(f, off) && vec4_aligned<scalar_t>(b, off) &&
                      vec4_aligned<scalar_t>(o, off);
     const DareOp<scalar_t, acc_t> op{f, b, o, n, drop_threshold(p), vec,
@@ -212,14 +325,20 @@ void dare_out_cuda(const at::Tensor& finetuned, const at::Tensor& base, double p
   if (!dst.is_same(out)) out.copy_(dst);
 }
 
-at::Tensor keep_mask_cuda(const at::Tensor& like, double p, int64_t seed, int64_t offset) {
+at::Tensor keep_mask_cuda(const at::Tensor& like, double p, int64_t seed, int64_t offset, int64_t mask_spec) {
   check_p(p);
   check_offset(offset);
+  check_mask_spec(mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const c10::cuda::CUDAGuard guard(like.device());
   at::Tensor mask = at::empty(like.sizes(), like.options().dtype(at::kBool));
   const int64_t n = mask.numel();
   if (n == 0) return mask;
   bool* m = mask.data_ptr<bool>();
+  if (mask_spec == kMaskSkip) {
+    skip_keep_mask(m, p, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n, like.device());
+    return mask;
+  }
   const MaskOp op{m, n, drop_threshold(p), vec4_aligned<bool>(m, static_cast<uint64_t>(offset))};
   launch(op, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n, like.get_device());
   return mask;
@@ -234,7 +353,7 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kAbsSumLanes) kept_abs_sum_kernel(const scalar_t* x, int64_t n,
                                                                      uint64_t seed, uint64_t offset,
                                                                      uint32_t thr, int64_t chunks,
-                                                                     double* partials) {
+                                                                     double* partials, const bool* keep) {
   __shared__ double sk[kAbsSumLanes], st[kAbsSumLanes];
   const int j = static_cast<int>(threadIdx.x);
   for (int64_t c = blockIdx.x; c < chunks; c += gridDim.x) {  // uniform over the block
@@ -243,16 +362,19 @@ __global__ void __launch_bounds__(kAbsSumLanes) kept_abs_sum_kernel(const scalar
     for (int64_t i0 = c * kAbsSumChunk + kAbsSumGroup * j; i0 < end; i0 += kAbsSumStep) {
       const uint64_t g = offset + static_cast<uint64_t>(i0);
       const uint32_t lead = static_cast<uint32_t>(g & 3);
-      const Philox4 r0 = philox_block(seed, g >> 2);
-      const Philox4 r1 = lead != 0 ? philox_block(seed, (g >> 2) + 1) : r0;
+      Philox4 r0{{0u, 0u, 0u, 0u}}, r1{{0u, 0u, 0u, 0u}};
+      if (keep == nullptr) {  // spec v1: the words; spec v2 passes the keep mask instead
+        r0 = philox_block(seed, g >> 2);
+        r1 = lead != 0 ? philox_block(seed, (g >> 2) + 1) : r0;
+      }
 #pragma unroll
       for (int w = 0; w < kAbsSumGroup; ++w) {
         if (i0 + w >= end) break;
         const uint32_t idx = lead + static_cast<uint32_t>(w);
-        const uint32_t u = idx < 4 ? r0.v[idx] : r1.v[idx - 4];
+        const bool k = keep != nullptr ? keep[i0 + w] : is_kept(idx < 4 ? r0.v[idx] : r1.v[idx - 4], thr);
         const double a = fabs(static_cast<double>(x[i0 + w]));
         total = __dadd_rn(total, a);
-        if (is_kept(u, thr)) kept = __dadd_rn(kept, a);
+        if (k) kept = __dadd_rn(kept, a);
       }
     }
     sk[j] = kept;
@@ -300,9 +422,10 @@ __global__ void __launch_bounds__(kOrderedTile) ordered_sum_kernel(const double*
   }
 }
 
-at::Tensor kept_abs_sum_cuda(const at::Tensor& delta, double p, int64_t seed, int64_t offset) {
+at::Tensor kept_abs_sum_cuda(const at::Tensor& delta, double p, int64_t seed, int64_t offset, int64_t mask_spec) {
   TORCH_CHECK(delta.is_cuda(), "delta must be a CUDA tensor");
-  check_prune_args(delta, p, offset, std::nullopt, 1.0);
+  check_prune_args(delta, p, offset, std::nullopt, 1.0, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const c10::cuda::CUDAGuard guard(delta.device());
   const int64_t n = delta.numel();
   if (n == 0) return at::zeros({2}, delta.options().dtype(at::kDouble));
@@ -313,10 +436,16 @@ at::Tensor kept_abs_sum_cuda(const at::Tensor& delta, double p, int64_t seed, in
   at::Tensor partials = at::empty({chunks, 2}, delta.options().dtype(at::kDouble));
   at::Tensor result = at::empty({2}, delta.options().dtype(at::kDouble));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(delta.get_device()).stream();
+  at::Tensor keep;  // spec v2: the keep mask, one byte per element (the sums read it in their order)
+  if (mask_spec == kMaskSkip) {
+    keep = at::empty({n}, delta.options().dtype(at::kBool));
+    skip_keep_mask(keep.data_ptr<bool>(), p, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
+                   delta.device());
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_kept_abs_sum_cuda", [&] {
     kept_abs_sum_kernel<scalar_t><<<grid, static_cast<unsigned>(kAbsSumLanes), 0, stream>>>(
         x.data_ptr<scalar_t>(), n, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
-        drop_threshold(p), chunks, partials.data_ptr<double>());
+        drop_threshold(p), chunks, partials.data_ptr<double>(), keep.defined() ? keep.data_ptr<bool>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   ordered_sum_kernel<<<1, kOrderedTile, 0, stream>>>(partials.data_ptr<double>(), chunks, result.data_ptr<double>());
@@ -325,6 +454,13 @@ at::Tensor kept_abs_sum_cuda(const at::Tensor& delta, double p, int64_t seed, in
 }
 
 }  // namespace
+
+// Declared in skip_walk.cuh: a block per stripe piece. Also the first pass of the seeded
+// storage kernels under spec v2.
+void skip_keep_mask(bool* m, double p, uint64_t seed, uint64_t offset, int64_t n, const at::Device& device) {
+  const at::Tensor table = skip_table_on(p, device);
+  launch_skip(SkipMaskOp{m}, stripe_pieces(seed, offset, n, table, p), device.index());
+}
 
 TORCH_LIBRARY_IMPL(darex, CUDA, m) {
   m.impl("prune_", &prune_cuda);

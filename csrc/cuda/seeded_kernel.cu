@@ -3,7 +3,8 @@
 // keep bits as a nibble. The count pass writes the nibbles as a bit array (bit 4B + w: word w
 // of relative block B) and one count per tile; pack and scatter place each lane's kept values
 // with a warp scan of the nibble counts, so consecutive lanes read and write consecutive
-// elements and values. See storage.cuh.
+// elements and values. See storage.cuh. Spec v2: the keep mask is first written as bytes by the
+// stripe walk (skip_walk.cuh) and the nibbles are read from it instead of from Philox.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -14,6 +15,7 @@
 
 #include "../common/row_cursor.h"
 #include "../ops/storage_args.h"
+#include "skip_walk.cuh"
 #include "storage.cuh"
 
 namespace darex::cuda {
@@ -26,6 +28,7 @@ struct SeededBlocks {
   int64_t n;
   uint64_t blocks;
   uint32_t thr;
+  const bool* keep;  // spec v2: the keep mask of [0, n); nullptr: spec v1's words
 
   __device__ __forceinline__ int64_t first_element(uint64_t rel) const {
     return static_cast<int64_t>(4 * ((offset >> 2) + rel) - offset);
@@ -33,9 +36,17 @@ struct SeededBlocks {
   // Keep bits (bit w: element first_element(rel) + w) of relative block rel; 0 past the end.
   __device__ __forceinline__ uint32_t nibble(uint64_t rel) const {
     if (rel >= blocks) return 0u;
-    const Philox4 r = philox_block(seed, (offset >> 2) + rel);
     const int64_t i0 = first_element(rel);
     uint32_t m = 0;
+    if (keep != nullptr) {
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+        const int64_t i = i0 + w;
+        m |= static_cast<uint32_t>(i >= 0 && i < n && keep[i]) << w;
+      }
+      return m;
+    }
+    const Philox4 r = philox_block(seed, (offset >> 2) + rel);
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
       const int64_t i = i0 + w;
@@ -175,9 +186,19 @@ struct KeepTiles {
   int64_t total;
 };
 
-SeededBlocks seeded_blocks(int64_t n, double p, int64_t seed, int64_t offset) {
+// `keep` (spec v2) must outlive the kernels that read it: seeded_keep holds it.
+SeededBlocks seeded_blocks(int64_t n, double p, int64_t seed, int64_t offset, const at::Tensor& keep) {
   return SeededBlocks{static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n,
-                      n > 0 ? philox_blocks(static_cast<uint64_t>(offset), n) : 0, drop_threshold(p)};
+                      n > 0 ? philox_blocks(static_cast<uint64_t>(offset), n) : 0, drop_threshold(p),
+                      keep.defined() ? keep.data_ptr<bool>() : nullptr};
+}
+
+// The spec v2 keep mask as bytes, or an undefined tensor for spec v1.
+at::Tensor seeded_keep(const at::Tensor& like, int64_t n, double p, int64_t seed, int64_t offset, int64_t mask_spec) {
+  if (mask_spec != kMaskSkip || n == 0) return at::Tensor();
+  at::Tensor keep = at::empty({n}, like.options().dtype(at::kBool));
+  skip_keep_mask(keep.data_ptr<bool>(), p, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n, like.device());
+  return keep;
 }
 
 at::Tensor tile_counts(const at::Tensor& like, const SeededBlocks& sb, uint32_t* bits) {
@@ -203,14 +224,16 @@ KeepTiles keep_tiles(const at::Tensor& like, const SeededBlocks& sb) {
 }
 
 at::Tensor seeded_pack_cuda(const at::Tensor& delta, double p, int64_t seed, int64_t offset,
-                            const std::optional<at::Tensor>& q_rows, double q) {
+                            const std::optional<at::Tensor>& q_rows, double q, int64_t mask_spec) {
   TORCH_CHECK(delta.is_cuda(), "delta must be a CUDA tensor");
-  const int64_t row_len = check_prune_args(delta, p, offset, q_rows, q);
+  const int64_t row_len = check_prune_args(delta, p, offset, q_rows, q, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const c10::cuda::CUDAGuard guard(delta.device());
   const int64_t n = delta.numel();
   if (n == 0) return at::empty({0}, delta.options());
   const at::Tensor x = delta.contiguous();
-  const SeededBlocks sb = seeded_blocks(n, p, seed, offset);
+  const at::Tensor keep = seeded_keep(x, n, p, seed, offset, mask_spec);
+  const SeededBlocks sb = seeded_blocks(n, p, seed, offset, keep);
   const KeepTiles kt = keep_tiles(x, sb);
   at::Tensor values = at::empty({kt.total}, delta.options());
   if (kt.total == 0) return values;
@@ -227,25 +250,31 @@ at::Tensor seeded_pack_cuda(const at::Tensor& delta, double p, int64_t seed, int
   return values;
 }
 
-at::Tensor keep_count_cuda(const at::Tensor& like, double p, int64_t seed, int64_t offset) {
+at::Tensor keep_count_cuda(const at::Tensor& like, double p, int64_t seed, int64_t offset, int64_t mask_spec) {
   check_p(p);
   check_offset(offset);
+  check_mask_spec(mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const c10::cuda::CUDAGuard guard(like.device());
   const int64_t n = like.numel();
   if (n == 0) return at::zeros({}, like.options().dtype(at::kLong));
-  return tile_counts(like, seeded_blocks(n, p, seed, offset), nullptr).sum();
+  const at::Tensor keep = seeded_keep(like, n, p, seed, offset, mask_spec);
+  return tile_counts(like, seeded_blocks(n, p, seed, offset, keep), nullptr).sum();
 }
 
 void seeded_scatter_cuda(at::Tensor& out, const at::Tensor& values, double p, int64_t seed,
-                         int64_t offset, double alpha, bool accumulate) {
+                         int64_t offset, double alpha, bool accumulate, int64_t mask_spec) {
   TORCH_CHECK(out.is_cuda(), "out must be a CUDA tensor");
   check_values_for(out, values);
   check_p(p);
   check_offset(offset);
+  check_mask_spec(mask_spec);
   check_scatter_scalars(alpha);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const c10::cuda::CUDAGuard guard(out.device());
   const int64_t n = out.numel();
-  const SeededBlocks sb = seeded_blocks(n, p, seed, offset);
+  const at::Tensor keep = seeded_keep(out, n, p, seed, offset, mask_spec);
+  const SeededBlocks sb = seeded_blocks(n, p, seed, offset, keep);
   const KeepTiles kt = keep_tiles(out, sb);
   TORCH_CHECK_VALUE(kt.total == values.numel(), "values has ", values.numel(),
                     " entries but the seeded mask (p=", p, ") keeps ", kt.total, " of ", n);

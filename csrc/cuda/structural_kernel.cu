@@ -63,13 +63,14 @@ __global__ void __launch_bounds__(kThreads) structural_kernel(scalar_t* x, int64
 }
 
 void structural_prune_cuda(at::Tensor& delta, double p, int64_t dim, int64_t seed, int64_t offset,
-                           double q) {
+                           double q, int64_t mask_spec) {
   TORCH_CHECK(delta.is_cuda(), "delta must be a CUDA tensor");
-  const SliceShape s = check_structural_args(delta, p, dim, offset, q);
+  const SliceShape s = check_structural_args(delta, p, dim, offset, q, mask_spec);
+  mask_spec = effective_mask_spec(mask_spec, p);
   const int64_t n = delta.numel();
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(delta.device());
-  const at::Tensor flags = slice_keep_flags(delta, s.slices, p, seed, offset);
+  const at::Tensor flags = slice_keep_flags(delta, s.slices, p, seed, offset, mask_spec);
   at::Tensor work = delta.is_contiguous() ? delta : delta.contiguous();
   const int device = delta.get_device();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();

@@ -20,6 +20,30 @@ inline void check_p(double p) {
   TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, "p must be in [0, 1), got ", p);
 }
 
+// The mask spec an op uses (docs/mask_spec.md): the schemas' `mask_spec` argument.
+constexpr int64_t kMaskPhilox = 1;  // version 1, one Philox word per element
+constexpr int64_t kMaskSkip = 2;    // version 2, geometric gaps of the rare outcome
+
+inline void check_mask_spec(int64_t mask_spec) {
+  TORCH_CHECK_VALUE(mask_spec == kMaskPhilox || mask_spec == kMaskSkip,
+                    "mask_spec must be 1 (philox) or 2 (skip), got ", mask_spec);
+}
+
+// Spec v2 is hybrid (docs/mask_spec.md, "Version 2", "Which mask"): the stripe gap walk only
+// when the rare outcome is rare, rho = min(p, 1 - p) < 1/8; for p in [1/8, 7/8] (both ends
+// included) spec v2's mask is spec v1's mask, the same Philox words and threshold. The walk costs
+// a draw and a table search per rare element, more than v1's one word per element once rho is
+// this large. The twin: darex_ext/reference/skip_mask.py, WALK_MAX_RHO.
+constexpr double kSkipWalkMaxRho = 0.125;  // the walk is used iff rho < this (exact in binary)
+
+// The spec an op's kernels run for (mask_spec, p): kMaskPhilox for kMaskSkip at moderate p,
+// otherwise mask_spec unchanged (an invalid value stays invalid). Every kernel that takes
+// mask_spec calls this right after its argument checks, before any branch on the spec.
+inline int64_t effective_mask_spec(int64_t mask_spec, double p) {
+  if (mask_spec == kMaskSkip && p >= kSkipWalkMaxRho && p <= 1.0 - kSkipWalkMaxRho) return kMaskPhilox;
+  return mask_spec;
+}
+
 inline void check_offset(int64_t offset) {
   TORCH_CHECK_VALUE(offset >= 0, "offset must be >= 0, got ", offset);
 }
@@ -54,8 +78,10 @@ inline void check_same(const at::Tensor& a, const char* an, const at::Tensor& b,
 
 // All entry checks of prune_ / kept_abs_sum (q_rows may be absent); returns the row length.
 inline int64_t check_prune_args(const at::Tensor& delta, double p, int64_t offset,
-                                const std::optional<at::Tensor>& q_rows, double q) {
+                                const std::optional<at::Tensor>& q_rows, double q,
+                                int64_t mask_spec = kMaskPhilox) {
   check_values_tensor(delta, "delta");
+  check_mask_spec(mask_spec);
   check_p(p);
   check_offset(offset);
   return check_q(delta, q_rows, q);
@@ -64,8 +90,9 @@ inline int64_t check_prune_args(const at::Tensor& delta, double p, int64_t offse
 // All entry checks of dare_out; returns the row length for per-row q.
 inline int64_t check_dare_args(const at::Tensor& finetuned, const at::Tensor& base, double p,
                                int64_t offset, const std::optional<at::Tensor>& q_rows, double q,
-                               const at::Tensor& out) {
+                               const at::Tensor& out, int64_t mask_spec) {
   check_values_tensor(finetuned, "finetuned");
+  check_mask_spec(mask_spec);
   check_same(finetuned, "finetuned", base, "base");
   check_same(finetuned, "finetuned", out, "out");
   check_p(p);

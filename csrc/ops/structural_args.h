@@ -20,8 +20,9 @@ struct SliceShape {
 };
 
 inline SliceShape check_structural_args(const at::Tensor& delta, double p, int64_t dim, int64_t offset,
-                                        double q) {
+                                        double q, int64_t mask_spec) {
   check_values_tensor(delta, "delta");
+  check_mask_spec(mask_spec);
   check_p(p);
   check_offset(offset);
   TORCH_CHECK_VALUE(std::isfinite(q) && q > 0.0, "q must be a finite number > 0, got ", q);
@@ -39,13 +40,13 @@ inline SliceShape check_structural_args(const at::Tensor& delta, double p, int64
 // The keep decision of every slice: the keep_mask op on a length-`slices` vector, so the
 // structural mask is by construction the spec's mask of a 1-D tensor (one source of truth).
 inline at::Tensor slice_keep_flags(const at::Tensor& delta, int64_t slices, double p, int64_t seed,
-                                   int64_t offset) {
+                                   int64_t offset, int64_t mask_spec) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("darex::keep_mask", "")
-                             .typed<at::Tensor(const at::Tensor&, double, int64_t, int64_t)>();
+                             .typed<at::Tensor(const at::Tensor&, double, int64_t, int64_t, int64_t)>();
   // A 0-d tensor expanded to the slice count: the op reads only its shape and device.
   const at::Tensor like = at::empty({}, delta.options().dtype(at::kBool)).expand({slices});
-  return op.call(like, p, seed, offset);
+  return op.call(like, p, seed, offset, mask_spec);
 }
 
 }  // namespace darex

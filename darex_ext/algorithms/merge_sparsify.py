@@ -26,7 +26,7 @@ import numbers
 
 import torch
 
-from ..ops import dare, prune_, topk_mask
+from ..ops import _checks, dare, prune_, topk_mask
 from ..seeds import as_int64, resolve_seed
 
 __all__ = ["SPARSIFY_METHODS", "RESCALE_NORMS", "keep_count", "rescale_name", "rescale_to_norm", "magnitude",
@@ -120,10 +120,11 @@ def magnitude(tensor: torch.Tensor, density: float, rescale=None) -> torch.Tenso
     return rescale_to_norm(tensor, out, norm, inplace=True)
 
 
-def random(tensor: torch.Tensor, density: float, rescale=None, *, seed, q=None) -> torch.Tensor:
+def random(tensor: torch.Tensor, density: float, rescale=None, *, seed, q=None, mask: str = "skip") -> torch.Tensor:
     """Keep each entry with probability `density` (darex's seeded mask; mergekit's `bernoulli`
     in law). `rescale`: None, "l1" | "l2" | "linf" (mergekit's norms, with its 1e-7 guard) or "q"
-    (kept / q, q = density unless given: DARE / DAREx-q). `seed`: int or torch.Generator."""
+    (kept / q, q = density unless given: DARE / DAREx-q). `seed`: int or torch.Generator.
+    `mask`: the mask spec, "skip" (version 2, default) or "philox" (version 1)."""
     density = _check(tensor, density)
     mode = rescale_name(rescale, allow_q=True)
     if q is not None and mode != "q":
@@ -135,23 +136,24 @@ def random(tensor: torch.Tensor, density: float, rescale=None, *, seed, q=None) 
     if density <= 0:
         return torch.zeros_like(tensor)
     seed = resolve_seed(seed)
+    spec = _checks.mask_spec(mask)
     p = max(0.0, 1.0 - density)
     scale_q = (density if q is None else q) if mode == "q" else 1.0
     if _needs_grad(tensor):
         # darex::dare is differentiable: d/d tensor = mask / q, the same mask as below.
-        masked = dare(tensor, torch.zeros_like(tensor), p, scale_q, seed=seed)
+        masked = dare(tensor, torch.zeros_like(tensor), p, scale_q, seed=seed, mask=mask)
         return masked if mode in (None, "q") else rescale_to_norm(tensor, masked, mode)
     out = _private_copy(tensor)
     if mode == "l1" and out.numel():
         # Both sums in one fused pass; mergekit's guard decides whether to rescale at all.
-        kept, total = torch.ops.darex.kept_abs_sum(out, p, as_int64(seed), 0).tolist()
+        kept, total = torch.ops.darex.kept_abs_sum(out, p, as_int64(seed), 0, spec).tolist()
         if kept < _NORM_EPS or total < _NORM_EPS:
-            return prune_(out, p, 1.0, seed=seed)
+            return prune_(out, p, 1.0, seed=seed, mask=mask)
         if math.isfinite(total) and kept / total >= _MIN_Q:
-            return prune_(out, p, kept / total, seed=seed)
+            return prune_(out, p, kept / total, seed=seed, mask=mask)
         # inf or a ratio too small for a kernel q: mergekit's expression (inf / inf is NaN there too)
-        return rescale_to_norm(tensor, prune_(out, p, 1.0, seed=seed), mode, inplace=True)
-    prune_(out, p, scale_q, seed=seed)
+        return rescale_to_norm(tensor, prune_(out, p, 1.0, seed=seed, mask=mask), mode, inplace=True)
+    prune_(out, p, scale_q, seed=seed, mask=mask)
     return out if mode in (None, "q") else rescale_to_norm(tensor, out, mode, inplace=True)
 
 

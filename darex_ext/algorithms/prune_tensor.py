@@ -38,7 +38,7 @@ def tensor_q(delta: torch.Tensor, p: float, q=None, *, x_mean: torch.Tensor | No
 
 def prune_tensor(delta: torch.Tensor, method: str, p: float, *, q=None, seed=0, rescale: str = "q",
                  x_mean: torch.Tensor | None = None, act_norm: torch.Tensor | None = None,
-                 drop_rate: float | None = None) -> torch.Tensor:
+                 drop_rate: float | None = None, mask: str = "skip") -> torch.Tensor:
     """Prune `delta` in place by `method` at drop rate p; returns it.
 
     Args:
@@ -53,13 +53,15 @@ def prune_tensor(delta: torch.Tensor, method: str, p: float, *, q=None, seed=0, 
         act_norm: wanda only: the input-channel norms; without it (or for a non-matrix) wanda
             falls back to magnitude.
         drop_rate: dppa only: this tensor's drop rate from ``dppa_densities`` (default p).
+        mask: random methods only: the mask spec, "skip" (version 2, default) or "philox"
+            (version 1); see docs/mask_spec.md.
     """
     if method not in PRUNE_METHODS:
         raise ValueError(f"method must be one of {PRUNE_METHODS}, got {method!r}")
     if method in RANDOM_METHODS:
         if method == "dare" and (q is not None or x_mean is not None):
             raise ValueError("method 'dare' rescales by 1/(1-p); use method 'darex-q' to set q")
-        return prune_(delta, p, tensor_q(delta, p, q, x_mean=x_mean), seed=seed, rescale=rescale)
+        return prune_(delta, p, tensor_q(delta, p, q, x_mean=x_mean), seed=seed, rescale=rescale, mask=mask)
     if rescale != "q":
         raise ValueError(f"rescale={rescale!r} applies to the random methods {RANDOM_METHODS}")
     if method == "wanda" and act_norm is not None and delta.dim() == 2:

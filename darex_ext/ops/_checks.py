@@ -46,6 +46,20 @@ def drop_rate(p) -> float:
     return p
 
 
+# The mask specs of docs/mask_spec.md by name, and the version number the dispatcher ops take.
+MASK_SPECS = {"philox": 1, "skip": 2}
+DEFAULT_MASK = "skip"
+
+
+def mask_spec(mask) -> int:
+    """The dispatcher's `mask_spec` for a `mask=` name ("skip" = version 2, "philox" = version 1)."""
+    if not isinstance(mask, str):
+        raise TypeError(f"mask must be a string, one of {tuple(MASK_SPECS)}, got {type(mask).__name__}")
+    if mask not in MASK_SPECS:
+        raise ValueError(f"mask must be one of {tuple(MASK_SPECS)}, got {mask!r}")
+    return MASK_SPECS[mask]
+
+
 def offset(o) -> int:
     if isinstance(o, bool) or not isinstance(o, numbers.Integral):
         raise TypeError(f"offset must be an int, got {type(o).__name__}")

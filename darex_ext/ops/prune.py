@@ -3,7 +3,9 @@
 Dispatcher ops `prune_`, `dare`, `dare_out`, `keep_mask`, `kept_abs_sum`: their typed wrappers,
 fake kernels (torch.compile, opcheck) and the autograd of `dare`. Every random mask is the pure
 function of (seed, flat index) of docs/mask_spec.md, so the same seed gives the same mask on CPU
-and CUDA, for any thread count, and `keep_mask` regenerates it. Reference: darex_ext/reference/prune.py.
+and CUDA, for any thread count, and `keep_mask` regenerates it. `mask=` picks the spec: "skip"
+(version 2, the default: cost proportional to the rarer outcome for p < 1/8 or p > 7/8, version
+1's mask for 1/8 <= p <= 7/8) or "philox" (version 1). Reference: darex_ext/reference/prune.py.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ _RESCALE_MODES = ("q", "none", "l1")
 
 
 def prune_(delta: torch.Tensor, p: float, q=None, *, seed=0, rescale: str = "q",
-           offset: int = 0) -> torch.Tensor:
+           offset: int = 0, mask: str = _checks.DEFAULT_MASK) -> torch.Tensor:
     """Drop each entry of `delta` with probability p and rescale the kept ones, in place.
 
     One fused pass over memory, no temporaries (a non-contiguous `delta` is processed through a
-    contiguous copy). The mask is `keep_mask(delta, p, seed=seed, offset=offset)`.
+    contiguous copy). The mask is `keep_mask(delta, p, seed=seed, offset=offset, mask=mask)`.
 
     Args:
         delta: float32/float64/float16/bfloat16 tensor of any shape, CPU or CUDA. Mutated.
@@ -40,6 +42,9 @@ def prune_(delta: torch.Tensor, p: float, q=None, *, seed=0, rescale: str = "q",
             rescale_norm="l1"; q must be None; nothing is scaled when every entry is dropped).
         offset: flat index of delta's first element in a larger logical tensor, for streaming a
             tensor in pieces with the mask of the whole.
+        mask: the mask spec (docs/mask_spec.md): "skip" (version 2, default: the stripe walk
+            for p < 1/8 or p > 7/8, version 1's mask for 1/8 <= p <= 7/8; at p > 7/8 only the
+            kept entries are read, the rest is zero-filled) or "philox" (version 1).
 
     Returns:
         `delta`, for chaining.
@@ -48,6 +53,7 @@ def prune_(delta: torch.Tensor, p: float, q=None, *, seed=0, rescale: str = "q",
     _checks.not_tracking_grad(delta, "delta")
     p = _checks.drop_rate(p)
     offset = _checks.offset(offset)
+    spec = _checks.mask_spec(mask)
     if rescale not in _RESCALE_MODES:
         raise ValueError(f"rescale must be one of {_RESCALE_MODES}, got {rescale!r}")
     if rescale != "q" and q is not None:
@@ -56,16 +62,16 @@ def prune_(delta: torch.Tensor, p: float, q=None, *, seed=0, rescale: str = "q",
     if rescale == "none":
         q_rows, q_scalar = None, 1.0
     elif rescale == "l1":
-        kept, total = torch.ops.darex.kept_abs_sum(delta, p, seed64, offset).tolist()
+        kept, total = torch.ops.darex.kept_abs_sum(delta, p, seed64, offset, spec).tolist()
         q_rows, q_scalar = None, (kept / total if kept > 0.0 and total > 0.0 else 1.0)
     else:
         q_rows, q_scalar = _checks.rescale_q(q, p, delta)
-    torch.ops.darex.prune_(delta, p, seed64, offset, q_rows, q_scalar)
+    torch.ops.darex.prune_(delta, p, seed64, offset, q_rows, q_scalar, spec)
     return delta
 
 
 def dare(finetuned: torch.Tensor, base: torch.Tensor, p: float, q=None, *, seed=0,
-         out: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+         out: torch.Tensor | None = None, offset: int = 0, mask: str = _checks.DEFAULT_MASK) -> torch.Tensor:
     """``base + prune(finetuned - base, p, q)`` fused: reads two tensors, writes one.
 
     Computed in float32 (float64 for float64 inputs) with one rounding to the dtype; dropped
@@ -74,9 +80,10 @@ def dare(finetuned: torch.Tensor, base: torch.Tensor, p: float, q=None, *, seed=
 
     Args:
         finetuned, base: tensors of the same shape, dtype and device.
-        p, q, seed, offset: as in :func:`prune_`.
+        p, q, seed, offset, mask: as in :func:`prune_`.
         out: optional tensor (same shape, dtype, device) to write into; may be `finetuned` or
-            `base` itself.
+            `base` itself. With mask="skip" and p > 7/8, ``out=base`` reads and writes only
+            the kept entries.
 
     Returns:
         The merged tensor (`out` when given).
@@ -86,26 +93,28 @@ def dare(finetuned: torch.Tensor, base: torch.Tensor, p: float, q=None, *, seed=
     _checks.same_layout(finetuned, "finetuned", base, "base")
     p = _checks.drop_rate(p)
     offset = _checks.offset(offset)
+    spec = _checks.mask_spec(mask)
     q_rows, q_scalar = _checks.rescale_q(q, p, finetuned)
     seed64 = as_int64(resolve_seed(seed))
     if out is None:
-        return torch.ops.darex.dare(finetuned, base, p, seed64, offset, q_rows, q_scalar)
+        return torch.ops.darex.dare(finetuned, base, p, seed64, offset, q_rows, q_scalar, spec)
     _checks.tensor(out, "out")
     _checks.same_layout(finetuned, "finetuned", out, "out")
     _checks.not_tracking_grad(out, "out")
     for name, t in (("finetuned", finetuned), ("base", base)):
         if _partially_overlaps(out, t):
             raise ValueError(f"out partially overlaps {name}; pass {name} itself or a separate tensor")
-    torch.ops.darex.dare_out(finetuned, base, p, seed64, offset, q_rows, q_scalar, out)
+    torch.ops.darex.dare_out(finetuned, base, p, seed64, offset, q_rows, q_scalar, out, spec)
     return out
 
 
-def keep_mask(like_or_shape, p: float, *, seed=0, device=None, offset: int = 0) -> torch.Tensor:
+def keep_mask(like_or_shape, p: float, *, seed=0, device=None, offset: int = 0,
+              mask: str = _checks.DEFAULT_MASK) -> torch.Tensor:
     """The exact boolean keep mask that :func:`prune_` and :func:`dare` use.
 
     Args:
         like_or_shape: a tensor (its shape and device are used, its data is not read) or a shape.
-        p, seed, offset: as in :func:`prune_`.
+        p, seed, offset, mask: as in :func:`prune_`.
         device: where to build the mask (default: the tensor's device, else CPU).
     """
     if isinstance(like_or_shape, torch.Tensor):
@@ -115,9 +124,10 @@ def keep_mask(like_or_shape, p: float, *, seed=0, device=None, offset: int = 0) 
     dev = torch.device(device) if device is not None else dev
     p = _checks.drop_rate(p)
     offset = _checks.offset(offset)
+    spec = _checks.mask_spec(mask)
     seed64 = as_int64(resolve_seed(seed))
     like = torch.empty((), dtype=torch.bool, device=dev).expand(shape)  # no storage per element
-    return torch.ops.darex.keep_mask(like, p, seed64, offset)
+    return torch.ops.darex.keep_mask(like, p, seed64, offset, spec)
 
 
 def _shape_arg(shape) -> torch.Size:
@@ -141,43 +151,43 @@ def _partially_overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 # ---- fake kernels: shapes, dtypes and devices only.
 @torch.library.register_fake("darex::prune_")
-def _prune_fake(delta, p, seed, offset, q_rows, q):
+def _prune_fake(delta, p, seed, offset, q_rows, q, mask_spec=2):
     return None
 
 
 @torch.library.register_fake("darex::dare")
-def _dare_fake(finetuned, base, p, seed, offset, q_rows, q):
+def _dare_fake(finetuned, base, p, seed, offset, q_rows, q, mask_spec=2):
     return torch.empty(finetuned.shape, dtype=finetuned.dtype, device=finetuned.device)
 
 
 @torch.library.register_fake("darex::dare_out")
-def _dare_out_fake(finetuned, base, p, seed, offset, q_rows, q, out):
+def _dare_out_fake(finetuned, base, p, seed, offset, q_rows, q, out, mask_spec=2):
     return None
 
 
 @torch.library.register_fake("darex::keep_mask")
-def _keep_mask_fake(like, p, seed, offset):
+def _keep_mask_fake(like, p, seed, offset, mask_spec=2):
     return torch.empty(like.shape, dtype=torch.bool, device=like.device)
 
 
 @torch.library.register_fake("darex::kept_abs_sum")
-def _kept_abs_sum_fake(delta, p, seed, offset):
+def _kept_abs_sum_fake(delta, p, seed, offset, mask_spec=2):
     return torch.empty((2,), dtype=torch.float64, device=delta.device)
 
 
 # ---- autograd of darex::dare: linear in both inputs, so the backward regenerates the seeded mask
 # instead of saving it. d out/d finetuned = mask / q, d out/d base = 1 - mask / q.
 def _dare_setup_context(ctx, inputs, output):
-    _, _, p, seed, offset, q_rows, q = inputs
-    ctx.args = (p, seed, offset, q_rows, q)
+    _, _, p, seed, offset, q_rows, q, *rest = inputs
+    ctx.args = (p, seed, offset, q_rows, q, rest[0] if rest else 2)
 
 
 def _dare_backward(ctx, grad):
-    p, seed, offset, q_rows, q = ctx.args
+    p, seed, offset, q_rows, q, mask_spec = ctx.args
     grad = grad.contiguous()
     # dare(g, 0) = 0 + (g - 0) / q on kept entries, 0 elsewhere: exactly prune(g).
-    grad_ft = torch.ops.darex.dare(grad, torch.zeros_like(grad), p, seed, offset, q_rows, q)
-    return grad_ft, grad - grad_ft, None, None, None, None, None
+    grad_ft = torch.ops.darex.dare(grad, torch.zeros_like(grad), p, seed, offset, q_rows, q, mask_spec)
+    return grad_ft, grad - grad_ft, None, None, None, None, None, None
 
 
 torch.library.register_autograd("darex::dare", _dare_backward, setup_context=_dare_setup_context)

@@ -22,7 +22,7 @@ __all__ = ["structural_prune_"]
 
 
 def structural_prune_(delta: torch.Tensor, p: float, *, dim: int = 0, q=None, seed=0,
-                      offset: int = 0) -> torch.Tensor:
+                      offset: int = 0, mask: str = _checks.DEFAULT_MASK) -> torch.Tensor:
     """Drop each slice of `delta` along `dim` with probability p; scale kept slices by 1/q.
 
     One Bernoulli draw per slice: with dim=0 a slice is a row (``delta[j]``), with dim=1 of a
@@ -40,15 +40,18 @@ def structural_prune_(delta: torch.Tensor, p: float, *, dim: int = 0, q=None, se
         seed: int in [0, 2**64) or a torch.Generator to draw one from.
         offset: index of delta's first slice in a larger logical tensor, so a tensor pruned in
             pieces along `dim` gets the mask of the whole.
+        mask: the mask spec, "skip" (version 2, default) or "philox" (version 1), as in
+            :func:`darex_ext.prune_`.
 
     Returns:
         `delta`, for chaining. The kept slices are ``keep_mask(delta.shape[dim], p, seed=seed,
-        offset=offset)``.
+        offset=offset, mask=mask)``.
     """
     _checks.tensor(delta, "delta")
     _checks.not_tracking_grad(delta, "delta")
     p = _checks.drop_rate(p)
     offset = _checks.offset(offset)
+    spec = _checks.mask_spec(mask)
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
         raise TypeError(f"dim must be an int, got {type(dim).__name__}")
     if delta.dim() == 0:
@@ -61,10 +64,10 @@ def structural_prune_(delta: torch.Tensor, p: float, *, dim: int = 0, q=None, se
         raise TypeError("q must be None or a number (per-slice q is not supported by this op)")
     _, q_scalar = _checks.rescale_q(q, p, delta)
     seed64 = as_int64(resolve_seed(seed))
-    torch.ops.darex.structural_prune_(delta, p, dim, seed64, offset, q_scalar)
+    torch.ops.darex.structural_prune_(delta, p, dim, seed64, offset, q_scalar, spec)
     return delta
 
 
 @torch.library.register_fake("darex::structural_prune_")
-def _structural_prune_fake(delta, p, dim, seed, offset, q):
+def _structural_prune_fake(delta, p, dim, seed, offset, q, mask_spec=2):
     return None

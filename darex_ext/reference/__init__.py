@@ -1,7 +1,7 @@
 """Plain-PyTorch twins of every darex op: slow, obviously correct, device-agnostic.
 
 One module per op, named like the op (darex_ext/ops/<op>.py <-> darex_ext/reference/<op>.py),
-plus `mask` (the mask spec of docs/mask_spec.md, literally: Philox4x32-10 in int64 arithmetic,
+plus `mask` and `skip_mask` (the mask spec of docs/mask_spec.md, versions 1 and 2, literally: Philox4x32-10 in int64 arithmetic,
 the float64 threshold, one rounding to the storage dtype). They import nothing of darex_ext's
 kernels, so they stay independent of what they check; the tests compare kernels against them.
 """
@@ -16,6 +16,7 @@ from .prune import dare, kept_abs_sum, prune, prune_l1
 from .rank_mask import magnitude_rank_mask, magnitude_ranks, rank_keep_probability
 from .row_moments import row_moments
 from ._storage import row_view_2d
+from .skip_mask import skip_keep_mask, skip_rare_positions, skip_table
 from .seeded import keep_count, seeded_pack, seeded_scatter
 from .structural import structural_prune
 from .topk import magnitude_prune, topk_mask, wanda_prune
@@ -26,5 +27,5 @@ __all__ = [
     "magnitude_prune", "wanda_prune", "structural_prune", "row_moments", "row_view_2d",
     "seeded_pack", "keep_count", "seeded_scatter", "bitmask_pack", "bitmask_unpack",
     "bitmask_scatter", "csr_pack", "csr_scatter", "magnitude_rank_mask", "magnitude_ranks",
-    "rank_keep_probability",
+    "rank_keep_probability", "skip_table", "skip_rare_positions", "skip_keep_mask",
 ]

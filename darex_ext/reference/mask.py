@@ -58,7 +58,18 @@ def drop_threshold(p: float) -> int:
     return min(int(scaled), _U32)
 
 
-def keep_mask(shape, p: float, seed: int, *, offset: int = 0, device=None) -> torch.Tensor:
+def keep_mask(shape, p: float, seed: int, *, offset: int = 0, device=None, mask: str = "skip") -> torch.Tensor:
+    """The keep mask of spec version 2 (mask="skip", skip_mask.py) or version 1 ("philox").
+    Version 2 is the stripe walk for p < 1/8 or p > 7/8 and version 1's mask in between
+    (skip_mask.effective_mask, docs/mask_spec.md "Version 2")."""
+    if mask == "skip":
+        from .skip_mask import effective_mask, skip_keep_mask  # skip_mask imports this module's Philox
+
+        if effective_mask(mask, p) == "skip":
+            return skip_keep_mask(shape, p, seed, offset=offset, device=device)
+        mask = "philox"
+    if mask != "philox":
+        raise ValueError(f"mask must be 'skip' or 'philox', got {mask!r}")
     shape = torch.Size(shape)
     u = mask_words(shape.numel(), seed, offset=offset, device=device)
     return (u >= drop_threshold(p)).reshape(shape)

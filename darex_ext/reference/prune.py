@@ -20,10 +20,11 @@ def _rows_view(t: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
     return inv.reshape((-1,) + (1,) * (t.dim() - 1))
 
 
-def prune(delta: torch.Tensor, p: float, q=None, *, seed: int = 0, offset: int = 0) -> torch.Tensor:
+def prune(delta: torch.Tensor, p: float, q=None, *, seed: int = 0, offset: int = 0,
+          mask: str = "skip") -> torch.Tensor:
     """DARE drop-and-rescale, out of place: kept * (1/q), dropped 0. q: None (1-p), float, 1-D tensor."""
     q = 1.0 - p if q is None else q
-    mask = keep_mask(delta.shape, p, seed, offset=offset, device=delta.device)
+    mask = keep_mask(delta.shape, p, seed, offset=offset, device=delta.device, mask=mask)
     acc = acc_dtype(delta.dtype)
     inv = _rows_view(delta, inverse_q(q, delta.dtype, delta.device))
     scaled = to_storage(delta.to(acc) * inv, delta.dtype)
@@ -31,11 +32,11 @@ def prune(delta: torch.Tensor, p: float, q=None, *, seed: int = 0, offset: int =
 
 
 def dare(finetuned: torch.Tensor, base: torch.Tensor, p: float, q=None, *, seed: int = 0,
-         offset: int = 0) -> torch.Tensor:
+         offset: int = 0, mask: str = "skip") -> torch.Tensor:
     """base + prune(finetuned - base), in the accumulation dtype with one final rounding; dropped
     entries are base's own bits."""
     q = 1.0 - p if q is None else q
-    mask = keep_mask(finetuned.shape, p, seed, offset=offset, device=finetuned.device)
+    mask = keep_mask(finetuned.shape, p, seed, offset=offset, device=finetuned.device, mask=mask)
     acc = acc_dtype(finetuned.dtype)
     f, b = finetuned.to(acc), base.to(acc)
     inv = _rows_view(finetuned, inverse_q(q, finetuned.dtype, finetuned.device))
@@ -43,11 +44,11 @@ def dare(finetuned: torch.Tensor, base: torch.Tensor, p: float, q=None, *, seed:
     return torch.where(mask, kept, base)
 
 
-def prune_l1(delta: torch.Tensor, p: float, *, seed: int = 0, offset: int = 0) -> torch.Tensor:
+def prune_l1(delta: torch.Tensor, p: float, *, seed: int = 0, offset: int = 0, mask: str = "skip") -> torch.Tensor:
     """Drop, then scale kept entries so the L1 norm is unchanged (no scaling if nothing is kept)."""
-    kept, total = kept_abs_sum(delta, p, seed=seed, offset=offset).tolist()
+    kept, total = kept_abs_sum(delta, p, seed=seed, offset=offset, mask=mask).tolist()
     q = kept / total if kept > 0 and total > 0 else 1.0
-    return prune(delta, p, q, seed=seed, offset=offset)
+    return prune(delta, p, q, seed=seed, offset=offset, mask=mask)
 
 
 def _ordered_sum(a: torch.Tensor) -> float:
@@ -73,10 +74,11 @@ def _ordered_sum(a: torch.Tensor) -> float:
     return total
 
 
-def kept_abs_sum(delta: torch.Tensor, p: float, *, seed: int = 0, offset: int = 0) -> torch.Tensor:
+def kept_abs_sum(delta: torch.Tensor, p: float, *, seed: int = 0, offset: int = 0,
+                 mask: str = "skip") -> torch.Tensor:
     """float64 [sum of |x| over kept entries, sum of |x|], in the documented order, bit for bit."""
     a = delta.reshape(-1).to(torch.float64).abs()
-    keep = keep_mask((a.numel(),), p, seed, offset=offset, device=delta.device)
+    keep = keep_mask((a.numel(),), p, seed, offset=offset, device=delta.device, mask=mask)
     kept = torch.where(keep, a, torch.zeros((), dtype=torch.float64, device=a.device))
     result = torch.tensor([_ordered_sum(kept), _ordered_sum(a)], dtype=torch.float64, device=delta.device)
     return torch.where(result.isnan(), canonical_nan(torch.float64, delta.device), result)

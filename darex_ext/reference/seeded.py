@@ -11,20 +11,21 @@ from .prune import prune
 __all__ = ["seeded_pack", "keep_count", "seeded_scatter"]
 
 
-def seeded_pack(delta: torch.Tensor, p: float, q=None, *, seed: int = 0, offset: int = 0) -> torch.Tensor:
+def seeded_pack(delta: torch.Tensor, p: float, q=None, *, seed: int = 0, offset: int = 0,
+                mask: str = "skip") -> torch.Tensor:
     """Kept entries of prune(delta, p, q) in flat order."""
-    mask = keep_mask(delta.shape, p, seed, offset=offset, device=delta.device)
-    return prune(delta, p, q, seed=seed, offset=offset)[mask]
+    keep = keep_mask(delta.shape, p, seed, offset=offset, device=delta.device, mask=mask)
+    return prune(delta, p, q, seed=seed, offset=offset, mask=mask)[keep]
 
 
-def keep_count(numel: int, p: float, seed: int, *, offset: int = 0) -> int:
-    return int(keep_mask((numel,), p, seed, offset=offset).sum())
+def keep_count(numel: int, p: float, seed: int, *, offset: int = 0, mask: str = "skip") -> int:
+    return int(keep_mask((numel,), p, seed, offset=offset, mask=mask).sum())
 
 
 def seeded_scatter(out: torch.Tensor, values: torch.Tensor, p: float, *, seed: int = 0, offset: int = 0,
-                   alpha: float = 1.0, accumulate: bool = False) -> torch.Tensor:
+                   alpha: float = 1.0, accumulate: bool = False, mask: str = "skip") -> torch.Tensor:
     """Out of place: the decoded tensor (accumulate=False) or out + alpha * delta."""
-    mask = keep_mask(out.shape, p, seed, offset=offset, device=out.device)
+    keep = keep_mask(out.shape, p, seed, offset=offset, device=out.device, mask=mask)
     dense = torch.zeros_like(out)
-    dense[mask] = values
-    return add_at(out, mask, dense, alpha) if accumulate else dense
+    dense[keep] = values
+    return add_at(out, keep, dense, alpha) if accumulate else dense

@@ -10,11 +10,11 @@ __all__ = ["structural_prune"]
 
 
 def structural_prune(delta: torch.Tensor, p: float, dim: int = 0, q=None, *, seed: int = 0,
-                     offset: int = 0) -> torch.Tensor:
+                     offset: int = 0, mask: str = "skip") -> torch.Tensor:
     """Whole slices along `dim` kept by the 1-D mask of the slice count, scaled by 1/q, out of place."""
     q = 1.0 - p if q is None else q
     n = delta.shape[dim]
-    keep = keep_mask((n,), p, seed, offset=offset, device=delta.device)
+    keep = keep_mask((n,), p, seed, offset=offset, device=delta.device, mask=mask)
     shape = [1] * delta.dim()
     shape[dim] = n
     acc = acc_dtype(delta.dtype)

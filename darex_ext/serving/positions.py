@@ -6,10 +6,10 @@ A delta's stored values go, in order, to ascending flat (row-major) positions of
 - ``csr``: from ``crow`` / ``col`` (O(kept));
 - ``bitmask``: from the packed bits: the non-zero bytes, each expanded by a 256-entry table
   (O(numel / 8) bytes scanned, O(kept) work after);
-- ``seeded``: from the regenerated keep mask (``ops.keep_mask``) in chunks of ``_CHUNK`` elements,
-  with the mask's ``offset`` so each chunk gets its part of the whole mask (O(numel) Philox work,
-  O(chunk) temporary). A seeded mask spec that lists kept positions in O(kept) drops in here
-  without any change to the bank.
+- ``seeded``: from the regenerated keep mask (``ops.keep_mask``) under the mask spec the delta
+  records (meta "mask"; absent means "philox", the spec of files written before spec v2), in
+  chunks of ``_CHUNK`` elements, with the mask's ``offset`` so each chunk gets its part of the
+  whole mask (O(chunk) temporary).
 
 `KeptIndex` is how the bank holds positions between switches: ``derive`` (csr: recompute from the
 payload, nothing stored), ``regenerate`` (recompute at every activate; nothing stored) or
@@ -55,7 +55,8 @@ def _seeded(sd: SparseDelta) -> torch.Tensor:
     parts = []
     for start in range(0, n, _CHUNK):
         size = min(_CHUNK, n - start)
-        mask = keep_mask((size,), m["p"], seed=m["seed"], offset=m["offset"] + start, device=dev)
+        mask = keep_mask((size,), m["p"], seed=m["seed"], offset=m["offset"] + start, device=dev,
+                         mask=m.get("mask", "philox"))
         idx = mask.nonzero().view(-1)
         if start:
             idx += start

@@ -14,10 +14,10 @@ from __future__ import annotations
 from .compress import compress, compress_dare
 from .errors import FormatError
 from .files import DeltaFile, load, save
-from .formats import FORMAT_VERSION, FORMATS, format_nbytes, information_bound_bytes
+from .formats import FORMAT_VERSION, FORMAT_VERSIONS, FORMATS, format_nbytes, information_bound_bytes
 from .sparse_delta import SparseDelta
 
 __all__ = [
     "FormatError", "SparseDelta", "compress", "compress_dare", "save", "load", "DeltaFile",
-    "FORMATS", "FORMAT_VERSION", "format_nbytes", "information_bound_bytes",
+    "FORMATS", "FORMAT_VERSION", "FORMAT_VERSIONS", "format_nbytes", "information_bound_bytes",
 ]

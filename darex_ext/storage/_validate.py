@@ -19,6 +19,7 @@ __all__ = ["MAX_NUMEL", "check_delta", "check_meta", "check_shape", "label"]
 # it keeps a decoder from attempting an absurd allocation or Philox pass.
 MAX_NUMEL = 1 << 40
 _U64 = (1 << 64) - 1
+_MASKS = ("skip", "philox")
 
 
 def label(name: str | None) -> str:
@@ -85,6 +86,9 @@ def check_meta(fmt: str, meta, name: str | None) -> dict:
     method = meta.get("method")
     if method is not None and not isinstance(method, str):
         raise FormatError(f"{label(name)}: metadata 'method' must be a string, got {method!r}")
+    mask = meta.get("mask")  # the mask spec; absent = "philox" (files from before spec v2)
+    if mask is not None and mask not in _MASKS:
+        raise FormatError(f"{label(name)}: metadata 'mask' must be one of {_MASKS}, got {mask!r:.80}")
     if fmt == "seeded":
         out["p"] = p
         out["seed"] = _int(meta, "seed", name, 0, _U64)

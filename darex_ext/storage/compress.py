@@ -65,19 +65,21 @@ def compress(pruned: torch.Tensor, format: str = "auto", *, method: str | None =
 
 
 def compress_dare(delta: torch.Tensor, p: float, q=None, *, seed, format: str = "seeded",
-                  method: str = "dare", offset: int = 0) -> SparseDelta:
+                  method: str = "dare", offset: int = 0, mask: str = _checks.DEFAULT_MASK) -> SparseDelta:
     """DARE-prune `delta` (drop with probability p, rescale kept by 1/q) straight into a
     compact format. `delta` is not modified.
 
     format="seeded" (default) runs one fused pass (keep test, rescale, prefix-sum compaction)
     and stores only the kept values; the mask is regenerated from (seed, p, offset) when
     decoding. ``compress_dare(d, p, q, seed=s).to_dense()`` equals
-    ``darex_ext.prune_(d.clone(), p, q, seed=s)`` bit for bit. format="bitmask" / "csr" prune
+    ``darex_ext.prune_(d.clone(), p, q, seed=s)`` bit for bit (with the same `mask`, which the
+    delta records in meta["mask"]). format="bitmask" / "csr" prune
     a copy, then pack it (for tools that cannot regenerate masks).
 
     Args:
         delta: float32/float64/float16/bfloat16 tensor, CPU or CUDA.
-        p, q, seed, offset: as in darex_ext.prune_ (q: None = 1 - p, a float, or per-row q).
+        p, q, seed, offset, mask: as in darex_ext.prune_ (q: None = 1 - p, a float, or per-row
+            q; mask: "skip", spec v2, the default, or "philox", spec v1).
         format: "seeded" | "bitmask" | "csr" | "auto" (auto: the smaller of bitmask and csr).
         method: recorded in meta.
     """
@@ -86,16 +88,17 @@ def compress_dare(delta: torch.Tensor, p: float, q=None, *, seed, format: str = 
     _checks.rescale_q(q, p, delta)
     seed = resolve_seed(seed)
     offset = _checks.offset(offset)
+    _checks.mask_spec(mask)
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, got {type(method).__name__}")
     if format == "seeded":
-        values = seeded_pack(delta, p, q, seed=seed, offset=offset)
-        meta = {"method": method, "p": p, "q": _q_json(q), "seed": seed, "offset": offset}
+        values = seeded_pack(delta, p, q, seed=seed, offset=offset, mask=mask)
+        meta = {"method": method, "p": p, "q": _q_json(q), "seed": seed, "offset": offset, "mask": mask}
         return SparseDelta("seeded", tuple(delta.shape), delta.dtype, {"values": values}, meta)
     if format not in _COMPRESS_FORMATS:
         raise ValueError(f"format must be one of ('seeded',) + {_COMPRESS_FORMATS}, got {format!r}")
     with torch.no_grad():
-        pruned = prune_(delta.detach().clone(), p, q, seed=seed, offset=offset)
+        pruned = prune_(delta.detach().clone(), p, q, seed=seed, offset=offset, mask=mask)
     sd = compress(pruned, format, method=method, p=p, q=q)
-    sd.meta.update(seed=seed, offset=offset)
+    sd.meta.update(seed=seed, offset=offset, mask=mask)
     return sd

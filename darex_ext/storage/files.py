@@ -2,10 +2,12 @@
 
 Layout: per delta `<name>.<key>` tensors (formats.FILE_KEYS), and the header's __metadata__:
 
-- ``darex_ext.format_version``: "1" (a loader refuses any other),
+- ``darex_ext.format_version``: "2" when the file holds a seeded delta with "mask": "skip"
+  (mask spec v2), else "1"; a loader accepts "1" and "2" and refuses any other, and refuses
+  mask "skip" in a "1" file (a reader that knows only "1" would decode it with spec v1),
 - ``darex_ext.version``: the writer's darex_ext version,
 - ``darex_ext.tensors``: JSON {name: {"format", "dtype", "shape", "p", "q", "seed", "offset",
-  "method"}}; "q" is null, a number, or "tensor": per-row q stored as the float64 tensor
+  "method", "mask"}}; "mask" (seeded only) is "skip" or "philox", absent = "philox"; "q" is null, a number, or "tensor": per-row q stored as the float64 tensor
   ``<name>.q`` (files from darex_ext before 0.x hold per-row q as a JSON list, still read),
 - the caller's own string metadata (keys must not start with "darex_ext.").
 
@@ -32,11 +34,11 @@ from ..io.safetensors import encode_header, tensor_bytes
 from .._version import __version__
 from ._validate import check_shape, label
 from .errors import FormatError
-from .formats import DTYPE_NAMES, DTYPES_BY_NAME, FILE_KEYS, FORMAT_VERSION, FORMATS
+from .formats import DTYPE_NAMES, DTYPES_BY_NAME, FILE_KEYS, FORMAT_VERSIONS, FORMATS
 from .sparse_delta import SparseDelta
 
 __all__ = ["save", "load", "DeltaFile", "DeltaRecord", "delta_record", "file_header", "write_file",
-           "KEY_VERSION", "KEY_WRITER", "KEY_TENSORS"]
+           "KEY_VERSION", "KEY_WRITER", "KEY_TENSORS", "file_format_version"]
 
 KEY_VERSION = "darex_ext.format_version"
 KEY_WRITER = "darex_ext.version"
@@ -91,8 +93,19 @@ def delta_record(name: str, sd: SparseDelta) -> tuple[DeltaRecord, dict[str, tor
     return DeltaRecord(name, entry, specs), tensors
 
 
-def _header_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
-    header = {KEY_VERSION: FORMAT_VERSION, KEY_WRITER: __version__}
+def _needs_v2(entry: Mapping) -> bool:
+    """Whether an index entry needs file format version "2": a seeded delta with mask spec v2."""
+    return entry.get("format") == "seeded" and entry.get("mask") == "skip"
+
+
+def file_format_version(entries: Iterable[Mapping]) -> str:
+    """The format version of a file holding these index entries: "2" if any needs it, else "1"
+    (files a reader that knows only "1" still decodes correctly stay readable by it)."""
+    return "2" if any(_needs_v2(e) for e in entries) else "1"
+
+
+def _header_metadata(metadata: Mapping[str, str] | None, version: str = "1") -> dict[str, str]:
+    header = {KEY_VERSION: version, KEY_WRITER: __version__}
     for k, v in (metadata or {}).items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise TypeError(f"metadata must map str to str, got {k!r}: {type(v).__name__}")
@@ -111,7 +124,7 @@ def file_header(records: Sequence[DeltaRecord], metadata: Mapping[str, str] | No
     so every tensor starts aligned to its element size, as safetensors' own writer arranges; the
     metadata is sorted. The bytes depend only on the records and metadata, never on the process.
     """
-    meta = _header_metadata(metadata)
+    meta = _header_metadata(metadata, file_format_version(rec.entry for rec in records))
     index: dict[str, dict] = {}
     specs = []
     for rec in records:
@@ -204,8 +217,9 @@ def _check_regular_file(path: str) -> None:
 
 def _parse_index(meta: dict[str, str]) -> dict[str, dict]:
     version = meta.get(KEY_VERSION)
-    if version != FORMAT_VERSION:
-        raise FormatError(f"unsupported darex_ext format version {version!r} (this reader knows {FORMAT_VERSION!r})")
+    if version not in FORMAT_VERSIONS:
+        raise FormatError(f"unsupported darex_ext format version {version!r:.80} (this reader knows "
+                          f"{', '.join(map(repr, FORMAT_VERSIONS))})")
     try:
         index = json.loads(meta.get(KEY_TENSORS, ""))
     except (TypeError, ValueError, RecursionError) as exc:
@@ -220,6 +234,9 @@ def _parse_index(meta: dict[str, str]) -> dict[str, dict]:
         if not isinstance(entry.get("dtype"), str) or entry["dtype"] not in DTYPES_BY_NAME:
             raise FormatError(f"{label(name)}: unknown dtype {entry.get('dtype')!r}")
         check_shape(entry.get("shape"), name)
+        if version == "1" and _needs_v2(entry):
+            raise FormatError(f"{label(name)}: mask 'skip' (mask spec v2) needs format version '2', "
+                              "the file says '1'")
     return index
 
 

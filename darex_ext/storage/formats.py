@@ -23,13 +23,19 @@ import torch
 from ..ops._row_view import column_dtype, row_view
 
 __all__ = [
-    "FORMATS", "FORMAT_VERSION", "PAYLOAD_KEYS", "FILE_KEYS", "DTYPE_NAMES", "DTYPES_BY_NAME",
+    "FORMATS", "FORMAT_VERSION", "FORMAT_VERSIONS", "PAYLOAD_KEYS", "FILE_KEYS", "DTYPE_NAMES", "DTYPES_BY_NAME",
     "COLUMN_DTYPES", "row_view", "packed_row_bytes", "column_dtype", "format_nbytes",
     "information_bound_bytes",
 ]
 
 FORMATS = ("seeded", "bitmask", "csr")
-FORMAT_VERSION = "1"
+# File format versions (darex_ext.format_version in a file's header). "2": the file holds a
+# seeded delta with mask "skip" (mask spec v2, docs/mask_spec.md), which a reader that knows only
+# "1" would decode with spec v1's mask, so it must refuse the file; "1": every other file
+# (seeded deltas with mask "philox" or no "mask", which means "philox"). A writer writes the
+# lowest version that describes its content; readers accept FORMAT_VERSIONS.
+FORMAT_VERSION = "2"  # the newest version this darex_ext writes
+FORMAT_VERSIONS = ("1", "2")
 
 # In-memory payload tensors per format, and the suffixes they get in a file (`<name>.<suffix>`).
 PAYLOAD_KEYS = {

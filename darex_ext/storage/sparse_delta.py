@@ -23,7 +23,9 @@ class SparseDelta:
         dtype: the dense dtype (float32/float64/float16/bfloat16).
         payload: the format's tensors (seeded: values; bitmask: compressed, bitmask,
             row_offsets; csr: crow, col, values), all on one device.
-        meta: JSON-serialisable facts: p, q, seed, offset, method (seeded needs p, seed, offset).
+        meta: JSON-serialisable facts: p, q, seed, offset, method, mask (seeded needs p, seed,
+            offset; "mask" is the mask spec, "skip" or "philox", and absent means "philox": what
+            every file written before spec v2 holds).
         name: the tensor's name when it came from (or goes to) a file; used in error messages.
 
     Construction checks the structure (dtypes, ranks, lengths, metadata) and raises FormatError;
@@ -78,14 +80,14 @@ class SparseDelta:
     # ---- decode
     def to_dense(self) -> torch.Tensor:
         """The dense delta (dropped entries exactly 0). For a seeded delta made by
-        compress_dare this equals prune_ with the same arguments bit for bit."""
+        compress_dare this equals prune_ with the same arguments (mask included) bit for bit."""
         out = torch.empty(self.shape, dtype=self.dtype, device=self.device)
         self._scatter(out, self.values, 1.0, False)
         return out
 
     def add_to_(self, base: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
         """``base += alpha * delta`` in place, touching only the stored entries (no dense
-        temporary). Each kept entry becomes ``round(base + alpha * value)`` computed in float32
+        temporary; a seeded delta with mask "skip" also regenerates only their positions). Each kept entry becomes ``round(base + alpha * value)`` computed in float32
         (float64 for a float64 base): with alpha = 1 that is exactly ``base + to_dense()``
         except that a -0.0 in base stays -0.0 where the delta is dropped.
 
@@ -110,7 +112,7 @@ class SparseDelta:
         try:
             if self.format == "seeded":
                 seeded_scatter_(out, values, m["p"], seed=m["seed"], offset=m["offset"],
-                                        alpha=alpha, accumulate=accumulate)
+                                alpha=alpha, accumulate=accumulate, mask=m.get("mask", "philox"))
             elif self.format == "bitmask":
                 bitmask_scatter_(out, values, pl["bitmask"], pl["row_offsets"], alpha=alpha,
                                          accumulate=accumulate)

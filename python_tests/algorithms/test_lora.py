@@ -160,8 +160,11 @@ def test_factors_mode_is_unbiased_on_average():
     mean, se = stack.mean(0), stack.std(0) / len(samples) ** 0.5
     z = (mean - target.double()).abs() / se.clamp_min(1e-12)
     assert float(z.max()) < 5.0
-    # ...but it is not DARE of the update: the pruned update stays dense.
-    assert (samples[0] != 0).float().mean() > 0.5
+    # ...but it is not DARE of the update: an entry of B'A' is zero only when every one of its r
+    # products lost a factor, so its density is 1 - (1 - (1 - p)^2)^r (0.4375 at p = 0.5, r = 2),
+    # not DARE's 1 - p. Averaged over the seeds (one seed's density varies too much to tell).
+    density = (stack != 0).double().mean().item()
+    assert abs(density - (1 - (1 - 0.25) ** 2)) < 0.03, density
 
 
 def test_injected_plain_module_is_unloaded_in_place():

@@ -355,6 +355,47 @@ def test_kept_positions_match_the_decoded_delta(fmt, shape, monkeypatch):
         assert torch.equal(KeptIndex(sd, mode).positions(), pos)
 
 
+@pytest.mark.parametrize("spec", ["skip", "philox"])
+@pytest.mark.parametrize("p", [0.03, 0.5, 0.99])  # 0.03 and 0.99: spec v2 walks, its mask is not v1's
+def test_seeded_positions_follow_the_recorded_mask_spec(spec, p, monkeypatch):
+    monkeypatch.setattr(positions_mod, "_CHUNK", 4096 * 3 + 17)  # chunks that start inside a stripe
+    d = randn(5, 9001) + 3.0  # no zero values: the decoded non-zeros are exactly the kept positions
+    sd = compress_dare(d, p, seed=4, mask=spec)
+    assert sd.meta["mask"] == spec
+    pos = kept_positions(sd)
+    assert torch.equal(pos, sd.to_dense().reshape(-1).nonzero().view(-1))
+    net = nn.Linear(9001, 5, bias=False)
+    base, before = bits(net.weight), net.weight.detach().clone()
+    bank = DeltaBank(net)
+    bank.add("ft", {"weight": sd})
+    bank.activate("ft")
+    assert torch.equal(bits(net.weight), bits(sd.add_to_(before)))
+    bank.deactivate()
+    assert torch.equal(bits(net.weight), base)
+
+
+def test_release_v1_seeded_delta_through_the_bank():
+    # files written before spec v2 carry no "mask" entry: the bank must read them as spec v1
+    import os
+    from darex_ext import storage
+    fixture = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "mask_v1")
+    with storage.load(os.path.join(fixture, "deltas.safetensors")) as f:
+        deltas = {name: f[name] for name in f.keys()}
+    assert all("mask" not in sd.meta for sd in deltas.values() if sd.format == "seeded")
+    for name, sd in deltas.items():
+        if sd.numel == 0:
+            continue
+        net = nn.Module()
+        net.register_parameter("w", nn.Parameter(randn(*sd.shape, dtype=sd.dtype)))
+        base, before = bits(net.w), net.w.detach().clone()
+        bank = DeltaBank(net)
+        bank.add("v1", {"w": sd})
+        bank.activate("v1")
+        assert torch.equal(bits(net.w), bits(sd.add_to_(before))), name
+        bank.deactivate()
+        assert torch.equal(bits(net.w), base), name
+
+
 def test_cache_falls_back_when_gaps_do_not_fit_16_bits():
     d = torch.zeros(3, 100000)
     d[0, 5], d[2, 99990] = 1.0, 2.0

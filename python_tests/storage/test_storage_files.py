@@ -69,12 +69,12 @@ def test_plain_safetensors_reads_header_and_tensors(tmp_path):
     save(path, deltas, metadata={"k": "v"})
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-        assert meta["darex_ext.format_version"] == "1"
+        assert meta["darex_ext.format_version"] == "2"  # "a" is seeded with mask "skip" (spec v2)
         assert meta["darex_ext.version"] == darex_ext.__version__
         assert meta["k"] == "v"
         index = json.loads(meta["darex_ext.tensors"])
         assert index["a"] == {"format": "seeded", "dtype": "bfloat16", "shape": [8, 40], "p": 0.9,
-                              "q": 0.25, "seed": 3, "offset": 0, "method": "dare"}
+                              "q": 0.25, "seed": 3, "offset": 0, "method": "dare", "mask": "skip"}
         assert index["b"]["format"] == "csr"
         assert sorted(f.keys()) == ["a.values", "b.col", "b.crow", "b.values"]
         assert f.get_tensor("b.col").dtype == torch.uint8  # 40 columns
@@ -368,7 +368,7 @@ def test_files_with_per_row_q_as_json_still_load(tmp_path):
 
     delta = torch.randn(6, 5)
     q = [0.2, 0.3, 0.25, 0.5, 0.4, 0.1]
-    sd = storage.compress_dare(delta, 0.5, torch.tensor(q), seed=9)
+    sd = storage.compress_dare(delta, 0.5, torch.tensor(q), seed=9, mask="philox")  # files of that era: spec v1
     entry = {"format": "seeded", "dtype": "float32", "shape": [6, 5], "method": "darex-q", "p": 0.5, "q": q,
              "seed": 9, "offset": 0}
     path = tmp_path / "old.safetensors"
@@ -394,3 +394,89 @@ def test_a_bad_per_row_q_tensor_is_a_format_error(tmp_path, bad):
               metadata={"darex_ext.format_version": "1", "darex_ext.tensors": json.dumps({"w": entry})})
     with pytest.raises(storage.FormatError, match="per-row q"):
         storage.load(path)["w"]
+
+
+def _format_version(path) -> str:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()["darex_ext.format_version"]
+
+
+def test_format_version_is_2_only_for_mask_spec_v2(tmp_path):
+    # "2" exactly when a seeded delta uses mask "skip": a reader that knows only "1" refuses
+    # such a file instead of decoding it with spec v1's mask; every other file stays "1".
+    x = randn(8, 40)
+    cases = {
+        "skip": ({"a": compress_dare(x, 0.99, seed=3)}, "2"),
+        "skip_moderate_p": ({"a": compress_dare(x, 0.5, seed=3)}, "2"),
+        "philox": ({"a": compress_dare(x, 0.99, seed=3, mask="philox")}, "1"),
+        "csr_bitmask": ({"b": compress_dare(x, 0.9, seed=3, format="csr"),
+                         "c": compress_dare(x, 0.9, seed=3, format="bitmask")}, "1"),
+        "mixed": ({"a": compress_dare(x, 0.99, seed=3, mask="philox"),
+                   "b": compress_dare(x, 0.99, seed=4, format="csr"),
+                   "d": compress_dare(x, 0.99, seed=5)}, "2"),
+    }
+    for name, (deltas, version) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save(path, deltas)
+        assert _format_version(path) == version, name
+        with load(path) as f:
+            assert f.format_version == version
+            for k, sd in deltas.items():
+                assert torch.equal(f[k].to_dense(), sd.to_dense()), (name, k)
+
+
+def _rewrite_version(path, version: str) -> None:
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"]["darex_ext.format_version"] = version
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+def test_reader_accepts_1_and_2_refuses_others(tmp_path):
+    from darex_ext.storage import FORMAT_VERSIONS, FormatError
+
+    assert FORMAT_VERSIONS == ("1", "2")
+    x = randn(8, 40)
+    sd = compress_dare(x, 0.99, seed=3, mask="philox")
+    path = tmp_path / "v.safetensors"
+    save(path, {"a": sd})
+    for version in ("1", "2"):  # a philox delta is the same under either version
+        _rewrite_version(path, version)
+        assert torch.equal(load(path)["a"].to_dense(), sd.to_dense())
+    for version in ("0", "3", "", "1.0", "2.0", "two"):
+        _rewrite_version(path, version)
+        with pytest.raises(FormatError, match="format version"):
+            load(path)
+
+
+def test_a_version_1_file_cannot_claim_mask_skip(tmp_path):
+    # A "1" file decodes with spec v1 in any reader that predates spec v2, so mask "skip" in it
+    # is a contradiction: refused, never decoded one way here and another way there.
+    from darex_ext.storage import FormatError
+
+    x = randn(8, 40)
+    path = tmp_path / "v.safetensors"
+    save(path, {"a": compress_dare(x, 0.99, seed=3)})
+    assert _format_version(path) == "2"
+    _rewrite_version(path, "1")
+    with pytest.raises(FormatError, match="needs format version '2'"):
+        load(path)["a"]
+
+
+def test_a_version_1_file_without_mask_decodes_with_philox(tmp_path):
+    # Files from before spec v2: no "mask" in the entry means spec v1.
+    from safetensors.torch import save_file
+
+    x = randn(8, 40)
+    sd = compress_dare(x, 0.99, seed=3, mask="philox")
+    entry = {"format": "seeded", "dtype": "float32", "shape": [8, 40], "method": "dare", "p": 0.99, "q": None,
+             "seed": 3, "offset": 0}
+    path = tmp_path / "old.safetensors"
+    save_file({"a.values": sd.payload["values"]}, str(path),
+              metadata={"darex_ext.format_version": "1", "darex_ext.tensors": json.dumps({"a": entry})})
+    with load(path) as f:
+        assert f.format_version == "1"
+        assert torch.equal(f["a"].to_dense(), sd.to_dense())

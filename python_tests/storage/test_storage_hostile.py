@@ -146,7 +146,7 @@ def test_edited_header_fields(valid_bytes, tmp_path, data):
     keys = sorted(k for k in header if k != "__metadata__")
     key = data.draw(st.sampled_from(keys))
     if choice == "version":
-        meta["darex_ext.format_version"] = data.draw(st.sampled_from(["0", "2", "", "1.0", "one"]))
+        meta["darex_ext.format_version"] = data.draw(st.sampled_from(["0", "3", "", "1.0", "2.0", "one"]))
     elif choice == "tensors_json":
         text = meta["darex_ext.tensors"]
         pos = data.draw(st.integers(0, len(text) - 1))

@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Mask spec v2 ("skip") against spec v1 ("philox"), the PyTorch way and write ceilings, in one run.
+
+The targets of spec v2 (docs/mask_spec.md "Version 2"), each measured against its own ceiling on
+the same tensor in the same process:
+
+- `prune_` vs the write ceiling: the faster of `zero_()` and `mul_(c)`;
+- `dare(out=base)` vs `base.add_(delta)`;
+- seeded `SparseDelta.add_to_` vs a dense `base.add_(dense)`;
+- `keep_mask` vs a fill of a bool tensor of the same size;
+- and every fused op with mask="philox" (spec v1) for comparison.
+
+    python benchmarks/bench_mask_v2.py                       # 2**26 elements, fp32 + bf16, p = 0.99, 0.5
+    python benchmarks/bench_mask_v2.py --numel 1048576 --repeat 2   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+
+import torch
+
+import darex_ext
+from darex_ext import storage
+from darex_ext.apps.bench import cpu_model
+
+SEED = 1234
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(call, reset, repeat: int, device: torch.device) -> float:
+    call()  # warm up (page faults, thread pool, kernel load)
+    best = float("inf")
+    for _ in range(repeat):
+        reset()
+        _sync(device)
+        t0 = time.perf_counter()
+        call()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def run(numel: int, dtypes: list[torch.dtype], ps: list[float], repeat: int, device: torch.device) -> list[tuple]:
+    rows = []
+    g = torch.Generator().manual_seed(SEED)
+    for dtype in dtypes:
+        src = torch.randn(numel, generator=g).to(dtype).to(device)
+        base = torch.randn(numel, generator=g).to(dtype).to(device)
+        x = src.clone()
+        mask_out = torch.empty(numel, dtype=torch.bool, device=device)
+        nop = lambda: None  # noqa: E731
+        refill = lambda: x.copy_(src)  # noqa: E731
+        zero = best_time(lambda: x.zero_(), refill, repeat, device)
+        mul = best_time(lambda: x.mul_(2.0), refill, repeat, device)
+        write_ceiling = min(zero, mul)
+        add = best_time(lambda: base.add_(src), nop, repeat, device)
+        fill = best_time(lambda: mask_out.fill_(True), nop, repeat, device)
+        # keep_mask and to_dense return new tensors: their ceilings allocate too (first-touch
+        # page faults are most of a fresh tensor's cost on this VM)
+        new_fill = best_time(lambda: torch.ones(numel, dtype=torch.bool, device=device), nop, repeat, device)
+        new_zeros = best_time(lambda: torch.zeros(numel, dtype=dtype, device=device), nop, repeat, device)
+        name = str(dtype).replace("torch.", "")
+        rows += [(name, "-", "ceiling: zero_()", zero, None), (name, "-", "ceiling: mul_(2.0)", mul, None),
+                 (name, "-", "ceiling: base.add_(delta)", add, None), (name, "-", "ceiling: bool fill_", fill, None),
+                 (name, "-", "ceiling: torch.ones(bool), new", new_fill, None),
+                 (name, "-", "ceiling: torch.zeros, new", new_zeros, None)]
+        for p in ps:
+            keep = 1.0 - p
+            for mask in ("skip", "philox"):
+                t = best_time(lambda: darex_ext.prune_(x, p, seed=SEED, mask=mask), refill, repeat, device)
+                rows.append((name, p, f"prune_ mask={mask}", t, f"{write_ceiling / t:.2f} of write ceiling"))
+                t = best_time(lambda: darex_ext.dare(src, base, p, seed=SEED, out=base, mask=mask), nop, repeat, device)
+                rows.append((name, p, f"dare(out=base) mask={mask}", t, f"{add / t:.2f}x base.add_"))
+                t = best_time(lambda: darex_ext.keep_mask(mask_out, p, seed=SEED, mask=mask), nop, repeat, device)
+                rows.append((name, p, f"keep_mask mask={mask}", t, f"{new_fill / t:.2f} of a new filled mask"))
+                sd = storage.compress_dare(src, p, seed=SEED, mask=mask)
+                t = best_time(lambda: sd.add_to_(base), nop, repeat, device)
+                rows.append((name, p, f"seeded add_to_ mask={mask}", t, f"{add / t:.2f}x dense add"))
+                t = best_time(lambda: sd.to_dense(), nop, repeat, device)
+                rows.append((name, p, f"seeded to_dense mask={mask}", t, f"{new_zeros / t:.2f} of a new zeroed tensor"))
+            t = best_time(lambda: x.mul_(torch.bernoulli(torch.full_like(x, keep))).div_(keep), refill, repeat, device)
+            rows.append((name, p, "torch prune (bernoulli mul_ div_)", t, None))
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="bench_mask_v2.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--numel", type=int, default=1 << 26)
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--p", default="0.99,0.5")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+    ps = [float(v) for v in args.p.split(",")]
+    print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
+    print(f"cpu: {cpu_model()} ({os.cpu_count()} logical cpus), torch threads: {torch.get_num_threads()}")
+    print(f"torch {torch.__version__}, python {platform.python_version()}, numel {args.numel}, best of {args.repeat}")
+    print(f"command: python benchmarks/bench_mask_v2.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    print()
+    print("| dtype | p | method | best ms | ratio |")
+    print("| --- | --- | --- | ---: | --- |")
+    if device.type == "cuda":
+        print(f"gpu: {torch.cuda.get_device_name(device)}")
+    for dtype, p, method, t, ratio in run(args.numel, dtypes, ps, args.repeat, device):
+        print(f"| {dtype} | {p} | {method} | {t * 1e3:.2f} | {ratio or ''} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
