@@ -1,9 +1,9 @@
 // CPU kernels of the seeded storage format: the mask is regenerated from (seed, p, offset,
-// mask spec), so only kept values are stored. Spec v2 builds the same packed bits from the rare
-// elements alone (storage_common.h) and counts without touching every element. Pass 1 packs the keep mask into bits with per-chunk counts
-// (Philox only, no data reads); pass 2 compacts (pack) or scatters (decode / add, see
-// scatter_bits.h) chunk by chunk at the prefix-summed positions. The mask is generated once per
-// call; decode writes every element in that one pass (no separate zero fill).
+// mask spec), so only kept values are stored. Spec v1, and spec v2 where drop is rare: pass 1
+// packs the keep mask into bits with per-chunk counts (no data reads); pass 2 compacts (pack)
+// or scatters (decode / add, see scatter_bits.h) chunk by chunk at the prefix-summed positions.
+// Spec v2 where keep is rare: one stripe walk lists the kept positions (skip_walk.h, RareList)
+// and pack, add and decode touch only those (plus, for a decode, the streamed zeros): O(kept).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -11,15 +11,49 @@
 #include <torch/library.h>
 
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "../common/dare_math.h"
 #include "../ops/storage_args.h"
 #include "scatter_bits.h"
+#include "skip_walk.h"
 #include "storage_common.h"
+#include "stream_store.h"
 
 namespace darex::cpu {
 namespace {
+
+// Spec v2 with keep rare: the kept values gathered from one stripe walk (RareList), O(kept).
+at::Tensor seeded_pack_kept_only(const at::Tensor& x, double p, int64_t seed, int64_t offset,
+                                 const std::optional<at::Tensor>& q_rows, double q, int64_t row_len) {
+  const RareList kept(SkipPlan(p), static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), x.numel());
+  at::Tensor values = at::empty({kept.total()}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_seeded_pack_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const scalar_t* src = x.const_data_ptr<scalar_t>();
+    scalar_t* dst = values.data_ptr<scalar_t>();
+    const acc_t* qr = q_rows ? q_rows->const_data_ptr<acc_t>() : nullptr;
+    const acc_t inv_scalar = inverse_q<acc_t>(static_cast<acc_t>(q));
+    struct None {};
+    const auto ahead = [&](int64_t begin, const uint16_t* pos, int32_t k) {
+      for (int32_t j = 0; j < k; ++j) __builtin_prefetch(src + begin + pos[j], 0, 3);
+    };
+    kept.for_each<None>(ahead, [&](None&, int64_t begin, int32_t, const uint16_t* pos, int32_t k, int64_t first) {
+      int64_t row = -1;
+      acc_t inv = inv_scalar;
+      for (int32_t j = 0; j < k; ++j) {
+        const int64_t e = begin + pos[j];
+        if (qr != nullptr && e / row_len != row) {  // rows change rarely: one division each
+          row = e / row_len;
+          inv = inverse_q<acc_t>(qr[row]);
+        }
+        dst[first + j] = prune_store(src[e], inv, true);
+      }
+    });
+  });
+  return values;
+}
 
 at::Tensor seeded_pack_cpu(const at::Tensor& delta, double p, int64_t seed, int64_t offset,
                            const std::optional<at::Tensor>& q_rows, double q, int64_t mask_spec) {
@@ -29,6 +63,7 @@ at::Tensor seeded_pack_cpu(const at::Tensor& delta, double p, int64_t seed, int6
   const int64_t n = delta.numel();
   if (n == 0) return at::empty({0}, delta.options());
   const at::Tensor x = delta.contiguous();
+  if (mask_spec == kMaskSkip && p > 1.0 - kSkipWalkMaxRho) return seeded_pack_kept_only(x, p, seed, offset, q_rows, q, row_len);
   const KeepPlan plan = plan_keep_spec(mask_spec, p, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n);
   at::Tensor values = at::empty({plan.total()}, delta.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_seeded_pack_cpu", [&] {
@@ -100,51 +135,39 @@ at::Tensor keep_count_cpu(const at::Tensor& like, double p, int64_t seed, int64_
   return at::scalar_tensor(total, like.options().dtype(at::kLong));
 }
 
-// Spec v2 with keep rare: the kept positions come straight from the stripe walk, once to count
-// (every count is checked before anything is written) and once to scatter, so the work is
-// O(kept) plus, for a decode, the zero fill; no packed bits of the whole tensor.
+// Spec v2 with keep rare: the kept positions come from one stripe walk (RareList), whose total
+// is checked before anything is written; then the add touches only the kept elements and the
+// decode streams each piece out of an L1 stage. O(kept) work plus, for a decode, the write of
+// the zeros; no packed bits of the whole tensor.
 template <typename scalar_t>
 void seeded_scatter_kept_only(scalar_t* dst, const scalar_t* src, int64_t values_n, double p, uint64_t seed,
                               uint64_t offset, int64_t n, double alpha, bool accumulate) {
   const SkipPlan plan(p);
-  const uint64_t first = offset >> kSkipStripeLog2;
-  const int64_t pieces = static_cast<int64_t>(((offset + static_cast<uint64_t>(n) - 1) >> kSkipStripeLog2) - first) + 1;
-  const auto range = [&](int64_t b, int64_t& begin, int64_t& end) {
-    const uint64_t stripe_start = (first + static_cast<uint64_t>(b)) << kSkipStripeLog2;
-    begin = stripe_start > offset ? static_cast<int64_t>(stripe_start - offset) : 0;
-    end = std::min<int64_t>(n, static_cast<int64_t>(stripe_start + kSkipStripe - offset));
-  };
-  std::vector<int64_t> starts(static_cast<size_t>(pieces + 1), 0);
-  at::parallel_for(0, pieces, 16, [&](int64_t b0, int64_t b1) {
-    std::vector<int32_t> rare(static_cast<size_t>(kSkipStripe));
-    for (int64_t b = b0; b < b1; ++b) {
-      int64_t begin, end;
-      range(b, begin, end);
-      starts[static_cast<size_t>(b) + 1] =
-          plan.rare_in(seed, offset + static_cast<uint64_t>(begin), static_cast<int32_t>(end - begin), rare.data());
-    }
-  });
-  for (int64_t b = 0; b < pieces; ++b) starts[static_cast<size_t>(b) + 1] += starts[static_cast<size_t>(b)];
-  TORCH_CHECK_VALUE(starts.back() == values_n, "values has ", values_n, " entries but the seeded mask (p=", p,
-                    ") keeps ", starts.back(), " of ", n);
+  const RareList kept(plan, seed, offset, n);
+  TORCH_CHECK_VALUE(kept.total() == values_n, "values has ", values_n, " entries but the seeded mask (p=", p,
+                    ") keeps ", kept.total(), " of ", n);
   using acc_t = acc_of<scalar_t>;
   const acc_t a = static_cast<acc_t>(alpha);
-  at::parallel_for(0, pieces, 16, [&](int64_t b0, int64_t b1) {
-    std::vector<int32_t> rare(static_cast<size_t>(kSkipStripe));
-    for (int64_t b = b0; b < b1; ++b) {
-      int64_t begin, end;
-      range(b, begin, end);
-      const int32_t k =
-          plan.rare_in(seed, offset + static_cast<uint64_t>(begin), static_cast<int32_t>(end - begin), rare.data());
-      const scalar_t* v = src + starts[static_cast<size_t>(b)];
+  if (accumulate) {
+    struct None {};
+    const auto ahead = [&](int64_t begin, const uint16_t* pos, int32_t k) {
+      for (int32_t j = 0; j < k; ++j) __builtin_prefetch(dst + begin + pos[j], 1, 3);
+    };
+    kept.for_each<None>(ahead, [&](None&, int64_t begin, int32_t, const uint16_t* pos, int32_t k, int64_t first) {
       scalar_t* d = dst + begin;
-      if (accumulate) {
-        for (int32_t j = 0; j < k; ++j) d[rare[j]] = add_scaled(d[rare[j]], v[j], a);
-      } else {
-        std::memset(static_cast<void*>(d), 0, sizeof(scalar_t) * static_cast<size_t>(end - begin));  // +0.0
-        for (int32_t j = 0; j < k; ++j) d[rare[j]] = v[j];
-      }
-    }
+      const scalar_t* v = src + first;
+      for (int32_t j = 0; j < k; ++j) d[pos[j]] = add_scaled(d[pos[j]], v[j], a);
+    });
+    return;
+  }
+  struct Stage {
+    std::unique_ptr<StreamStage<scalar_t, kSkipStripe>> s = std::make_unique<StreamStage<scalar_t, kSkipStripe>>();
+  };
+  const auto nothing_ahead = [](int64_t, const uint16_t*, int32_t) {};  // a decode reads no lines of dst
+  kept.for_each<Stage>(nothing_ahead, [&](Stage& stage, int64_t begin, int32_t count, const uint16_t* pos, int32_t k, int64_t first) {
+    const scalar_t* v = src + first;
+    for (int32_t j = 0; j < k; ++j) stage.s->buf[pos[j]] = v[j];
+    stage.s->flush(dst + begin, count, pos, k);
   });
 }
 

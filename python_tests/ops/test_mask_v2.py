@@ -315,3 +315,41 @@ def test_known_answer_p_half_skip_is_philox():
     for mask in ("skip", "philox"):
         assert darex_ext.keep_mask((16,), 0.5, seed=0, mask=mask).int().tolist() == want, mask
         assert ref.keep_mask((16,), 0.5, 0, mask=mask).int().tolist() == want, mask
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [0.9, 0.99])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kept_only_paths_on_unaligned_views_and_split_stripes(dtype, p, threads):
+    # The keep-rare paths stage each stripe piece and stream whole cache lines out: views that
+    # start mid-line, and parallel tasks that split a stripe, must still give the twin's bits.
+    n, offset = 3 * 65536 + 777, 4093
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        store = randn(4 * n + 8, dtype=dtype)
+        x, b = store[1:n + 1], store[n + 3:2 * n + 3]  # element offsets 1 and n + 3: not line-aligned
+        want_prune = ref.prune(x, p, seed=5, offset=offset)
+        want_dare = ref.dare(x, b, p, seed=5, offset=offset)
+        assert torch.equal(_bits(darex_ext.prune_(x.clone()[0:], p, seed=5, offset=offset)), _bits(want_prune))
+        y = torch.empty(n + 5, dtype=dtype)[5:].copy_(x)
+        assert torch.equal(_bits(darex_ext.prune_(y, p, seed=5, offset=offset)), _bits(want_prune))
+        out = torch.empty(n + 3, dtype=dtype)[3:]
+        assert torch.equal(_bits(darex_ext.dare(x, b, p, seed=5, offset=offset, out=out)), _bits(want_dare))
+        bb = b.clone()
+        assert torch.equal(_bits(darex_ext.dare(x, bb, p, seed=5, offset=offset, out=bb)), _bits(want_dare))
+        ff = torch.empty(n + 7, dtype=dtype)[7:].copy_(x)
+        assert torch.equal(_bits(darex_ext.dare(ff, b, p, seed=5, offset=offset, out=ff)), _bits(want_dare))
+
+        from darex_ext import ops as kernels
+        values = kernels.seeded_pack(x, p, seed=5, offset=offset)
+        assert torch.equal(_bits(values), _bits(ref.seeded_pack(x, p, seed=5, offset=offset)))
+        dec = torch.full((n + 1,), 7.0, dtype=dtype)[1:]
+        kernels.seeded_scatter_(dec, values, p, seed=5, offset=offset)
+        assert torch.equal(_bits(dec), _bits(want_prune))
+        acc = torch.empty(n + 2, dtype=dtype)[2:].copy_(b)
+        want_acc = ref.seeded_scatter(acc, values, p, seed=5, offset=offset, alpha=1.0, accumulate=True)
+        kernels.seeded_scatter_(acc, values, p, seed=5, offset=offset, accumulate=True)
+        assert torch.equal(_bits(acc), _bits(want_acc))
+    finally:
+        torch.set_num_threads(before)
