@@ -23,7 +23,9 @@ Measured (median over --repeat rounds through all 8 fine-tunes):
   undoing it would need another);
 - memory: ``bank.memory()`` with the 8 deltas added and one active: (deltas + saved values) / base.
 "lines touched": the fraction of the model's 64-byte cache lines one delta's kept entries fall
-in (what a CPU must read and write, whatever the kept bytes). On CUDA also: the switch's logical bytes (index, values, saved values, the parameter entries
+in (what a CPU must read and write, whatever the kept bytes); the scattered-lines ceiling is a
+read-modify-write of that fraction of every parameter's lines, twice (old delta out, new in),
+evenly spaced: the least a switch can cost on this machine, timed in the same run. On CUDA also: the switch's logical bytes (index, values, saved values, the parameter entries
 read and written) over its time, as a fraction of a device-to-device copy_ measured in the run.
 """
 
@@ -211,6 +213,21 @@ def lines_touched(bank: DeltaBank, name: str, line: int = 64) -> float:
     return hit / total if total else 0.0
 
 
+def lines_ceiling(model: nn.Module, fraction: float, device, repeat: int) -> float:
+    """Seconds for the least a switch must move: the old delta's lines and the new one's, each a
+    read-modify-write of `fraction` of every parameter's 64-byte lines. Timed as evenly spaced
+    lines (which the hardware prefetches, so random kept lines cannot be faster); mul_(1.0)
+    leaves the values as they are."""
+    views = []
+    for prm in model.parameters():
+        flat = prm.detach().view(-1)
+        per_line = max(1, 64 // flat.element_size())
+        stride = max(per_line, int(per_line / max(fraction, 1e-9)))
+        views.append(flat[::stride])
+    with torch.no_grad():
+        return min(timed(lambda: [v.mul_(1.0) for _ in range(2) for v in views], device) for _ in range(repeat + 1))
+
+
 def bench_bank(bank: DeltaBank, fmt, p, device, repeat) -> dict:
     names = bank.names
     switches, acts, deacts = [], [], []
@@ -224,8 +241,10 @@ def bench_bank(bank: DeltaBank, fmt, p, device, repeat) -> dict:
     mem = bank.memory()
     moved = switch_bytes(bank, names[0])
     bank.deactivate()
+    frac = lines_touched(bank, names[0])
     return {"format": fmt, "p": p, "index": bank.index, "switch": switches, "activate": acts, "deactivate": deacts,
-            "memory": mem, "bytes_moved": moved, "lines": lines_touched(bank, names[0])}
+            "memory": mem, "bytes_moved": moved, "lines": frac,
+            "lines_ceiling": lines_ceiling(bank.model, frac, device, repeat)}
 
 
 def fmt_table(rows, load_s, dense_s, bw, markdown: bool) -> list[str]:
@@ -327,6 +346,10 @@ def main(argv=None) -> int:
             wanted = f"{want:g}x" if op == ">=" else f"{100 * want:g}%"
             parts.append(f"{what} {shown} ({op} {wanted}: {'met' if ok else 'MISSED'})")
         out.append(f"targets, {r['format']} ({r['index']}) p = 0.99: " + "; ".join(parts))
+        c = r["lines_ceiling"]
+        out.append(f"  scattered-lines ceiling (RMW of the {100 * r['lines']:.1f}% of lines the old and the new delta "
+                   f"touch, evenly spaced): {c * 1e3:.1f} ms, so at most {load_s / c:.1f}x vs load and "
+                   f"{dense_s / c:.1f}x vs dense add on this machine; the switch is at {100 * c / med:.0f}% of it")
     out.append(f"total bench time {time.perf_counter() - t_start:.0f} s")
     print("\n".join(out))
     return 0
