@@ -15,7 +15,7 @@ each tensor with its own seed (darex_ext.seeds.tensor_seed), so every fine-tune 
 
 Measured (median over --repeat rounds through all 8 fine-tunes):
 - switch: ``bank.switch(next)``, i.e. deactivate the active fine-tune (write its saved base
-  values back) and activate the next (gather, scatter-add by the library's kernel, write);
+  values back) and activate the next (save the base values and add, one pass per tensor);
 - load: ``safetensors.torch.load_file`` of a fine-tuned checkpoint of the same layout (written
   once, then read once so the page cache is warm) plus ``model.load_state_dict`` (the copy into
   the live parameters);
@@ -177,17 +177,17 @@ def copy_bandwidth(device, nbytes: int = 1 << 30) -> float:
 
 
 def switch_bytes(bank: DeltaBank, name: str) -> int:
-    """Logical bytes one switch into `name` moves: index read, values read, base gather read,
-    saved write, compact add (read + write), parameter write; the deactivate after it reads the
-    index and saved values and writes the parameter again."""
+    """Logical bytes one switch into `name` moves: index read, values read, base read, saved
+    write, parameter write (one positions_add_ pass); the deactivate after it reads the index and
+    the saved values and writes the parameter again (positions_put_)."""
     total = 0
     for e in bank._deltas[name].entries:
         if e.dense is not None:
             total += 4 * e.dense.numel() * e.dense.element_size()
             continue
-        k, s = e.sd.kept, e.sd.dtype.itemsize
-        idx = e.index.nbytes or e.sd.nbytes - k * s
-        total += 2 * idx + k * s * 6 + 2 * k * s
+        k, s = e.kept, e.dtype.itemsize
+        idx = e.index.nbytes or e.nbytes - k * s
+        total += 2 * idx + 6 * k * s
     return total
 
 
@@ -207,7 +207,7 @@ def lines_touched(bank: DeltaBank, name: str, line: int = 64) -> float:
     for e in bank._deltas[name].entries:
         n = math.prod(e.shape)
         lines = n * e.dtype.itemsize / line
-        density = 1.0 if e.dense is not None else e.sd.kept / max(1, n)
+        density = 1.0 if e.dense is not None else e.kept / max(1, n)
         hit += lines * (1 - (1 - density) ** (line / e.dtype.itemsize))
         total += lines
     return hit / total if total else 0.0

@@ -182,6 +182,23 @@ def _csr_scatter(device) -> list[Sample]:
             Sample((base.clone(), crow, col, cv, 2.0, True), r, 0)]
 
 
+def _positions(device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    target = randn(5, 37, device=device)
+    pos = torch.tensor([0, 3, 4, 40, 99, 184], dtype=torch.int64, device=device)
+    return target, pos, randn(pos.numel(), device=device)
+
+
+def _positions_add(device) -> list[Sample]:
+    target, pos, vals = _positions(device)
+    saved = torch.empty(pos.numel(), device=device)
+    return [Sample((target, pos, vals, saved), lambda t, p, v, s: ref.positions_add(t, p, v)[0], 0)]
+
+
+def _positions_put(device) -> list[Sample]:
+    target, pos, vals = _positions(device)
+    return [Sample((target, pos, vals), ref.positions_put, 0)]
+
+
 # Every dispatcher op, by its schema file (csrc/ops/<file>.cpp).
 SAMPLES: dict[str, Callable[[str], list[Sample]]] = {
     "prune_": _prune, "dare": _dare, "dare_out": _dare_out, "keep_mask": _keep_mask,
@@ -194,6 +211,7 @@ SAMPLES: dict[str, Callable[[str], list[Sample]]] = {
     "seeded_pack": _seeded_pack, "keep_count": _keep_count, "seeded_scatter_": _seeded_scatter,
     "bitmask_pack": _bitmask_pack, "bitmask_scatter_": _bitmask_scatter,
     "csr_pack": _csr_pack, "csr_scatter_": _csr_scatter,
+    "positions_add_": _positions_add, "positions_put_": _positions_put,
 }
 # How many samples each op has (the same on every device), for test ids.
 SAMPLE_COUNTS = {op: len(make("cpu")) for op, make in SAMPLES.items()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 from ._library import build_info, cuda_built
 from .bitmask import bitmask_pack, bitmask_scatter_
 from .csr import csr_pack, csr_scatter_
+from .positions import positions_add_, positions_put_
 from .prune import dare, keep_mask, prune_
 from .rank_mask import magnitude_rank_mask
 from .row_moments import row_moments
@@ -20,11 +21,11 @@ from .structural import structural_prune_
 from .topk import count_from_rate, magnitude_prune_, topk_mask, topk_threshold, wanda_prune_
 
 # The op modules, by the name of their schema file.
-OP_MODULES = ("prune", "topk", "structural", "row_moments", "seeded", "bitmask", "csr", "rank_mask")
+OP_MODULES = ("prune", "topk", "structural", "row_moments", "seeded", "bitmask", "csr", "rank_mask", "positions")
 
 __all__ = [
     "prune_", "dare", "keep_mask", "topk_mask", "topk_threshold", "magnitude_prune_", "wanda_prune_",
     "count_from_rate", "structural_prune_", "row_moments", "seeded_pack", "keep_count",
     "seeded_scatter_", "bitmask_pack", "bitmask_scatter_", "csr_pack", "csr_scatter_", "magnitude_rank_mask",
-    "cuda_built", "build_info", "OP_MODULES",
+    "positions_add_", "positions_put_", "cuda_built", "build_info", "OP_MODULES",
 ]

@@ -14,6 +14,7 @@ from .mask import (acc_dtype, canonical_nan, drop_threshold, inverse_q, keep_mas
                    philox4x32_10, to_storage)
 from .prune import dare, kept_abs_sum, prune, prune_l1
 from .rank_mask import magnitude_rank_mask, magnitude_ranks, rank_keep_probability
+from .positions import positions_add, positions_put
 from .row_moments import row_moments
 from ._storage import row_view_2d
 from .skip_mask import skip_keep_mask, skip_rare_positions, skip_table
@@ -27,5 +28,6 @@ __all__ = [
     "magnitude_prune", "wanda_prune", "structural_prune", "row_moments", "row_view_2d",
     "seeded_pack", "keep_count", "seeded_scatter", "bitmask_pack", "bitmask_unpack",
     "bitmask_scatter", "csr_pack", "csr_scatter", "magnitude_rank_mask", "magnitude_ranks",
-    "rank_keep_probability", "skip_table", "skip_rare_positions", "skip_keep_mask",
+    "rank_keep_probability", "skip_table", "skip_rare_positions", "skip_keep_mask", "positions_add",
+    "positions_put",
 ]

@@ -4,7 +4,7 @@ bit. Layer: above storage and pipeline, below apps (docs/architecture.md)."""
 
 from __future__ import annotations
 
-from .bank import DeltaBank, compact_add_
+from .bank import DeltaBank
 from .positions import KeptIndex, kept_positions
 
-__all__ = ["DeltaBank", "KeptIndex", "kept_positions", "compact_add_"]
+__all__ = ["DeltaBank", "KeptIndex", "kept_positions"]

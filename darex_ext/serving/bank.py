@@ -2,16 +2,13 @@
 
 activate(name), per tensor of the delta:
   1. kept flat positions (positions.KeptIndex: csr from its indices, bitmask / seeded from a
-     uint16-gap cache built at add(), or regenerated);
-  2. saved = the base's bits at those positions (an integer view: NaN payloads, -0.0 and
-     subnormals are copied, never converted);
-  3. work = saved + values, computed by the library's own scatter kernel (``bitmask_scatter_``
-     with an all-ones mask over the compact vector, accumulate=True): the same element rule as
+     uint16-gap index built at add(), or regenerated);
+  2. one pass of ``ops.positions_add_`` over them: the base's bits there saved (copied, never
+     converted: NaN payloads, -0.0 and subnormals survive), then the value added with the rule of
      ``SparseDelta.add_to_`` and so ``darex apply`` (float32 / float64 math, one rounding,
-     canonical NaN; docs/mask_spec.md "Numerics");
-  4. the kept positions of the parameter are overwritten with work (a bit copy).
+     canonical NaN; docs/mask_spec.md "Numerics"); the scattered cache lines are prefetched.
   A tensor of the delta's dense part (dense.safetensors) is saved whole and copied in.
-deactivate() writes every saved value back (a bit copy), in reverse order.
+deactivate() writes every saved value back (a bit copy, ``ops.positions_put_``), in reverse order.
 
 Memory: the deltas in their compact form (plus a 2-byte-per-kept-value index cache for bitmask
 and seeded with index="auto"), and for the ACTIVE delta only its saved base values (kept x
@@ -34,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..ops import bitmask_scatter_
+from ..ops import positions_add_, positions_put_
 from ..storage import FormatError, SparseDelta
 from .positions import INDEX_MODES, KeptIndex
 from .sources import read_source
@@ -49,23 +46,10 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.detach().view(_BITS[t.element_size()]).view(-1)
 
 
-def compact_add_(work: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``work += values`` element for element (1-D, same length and dtype) by the storage
-    scatter kernel, so each result is the library's ``round(dst + 1 * v)`` of SparseDelta.add_to_."""
-    k = work.numel()
-    if k == 0:
-        return work
-    bm = torch.full((1, (k + 7) // 8), 255, dtype=torch.uint8, device=work.device)
-    if k % 8:
-        bm[0, -1] = (1 << (k % 8)) - 1
-    offsets = torch.zeros(1, dtype=torch.int64, device=work.device)
-    bitmask_scatter_(work, values, bm, offsets, alpha=1.0, accumulate=True)
-    return work
-
-
 @dataclass
 class _Entry:
-    """One tensor of a stored delta: sparse (sd + index) or dense (a replacement tensor)."""
+    """One tensor of a stored delta: sparse (values + index, and the SparseDelta while the index
+    needs it) or dense (a replacement tensor)."""
 
     name: str
     dtype: torch.dtype
@@ -73,12 +57,18 @@ class _Entry:
     sd: SparseDelta | None = None
     index: KeptIndex | None = None
     dense: torch.Tensor | None = None
+    values: torch.Tensor | None = None  # the kept values, in ascending position order
+
+    @property
+    def kept(self) -> int:
+        return self.values.numel()
 
     @property
     def nbytes(self) -> int:
         if self.dense is not None:
             return self.dense.numel() * self.dense.element_size()
-        return self.sd.nbytes + self.index.nbytes
+        held = self.sd.nbytes if self.sd is not None else self.values.numel() * self.values.element_size()
+        return held + self.index.nbytes
 
 
 @dataclass
@@ -96,7 +86,7 @@ class _Stored:
 class _Record:
     """What activate overwrote in one tensor: enough to write it back bit for bit."""
 
-    bits: torch.Tensor           # the parameter's flat integer view
+    bits: torch.Tensor           # the parameter, flat (an integer view for a tensor replaced whole)
     saved: torch.Tensor          # its old bits at the kept positions (or all of them)
     entry: _Entry
     pos: torch.Tensor | None = None  # kept positions when they are not cheap to get again
@@ -117,10 +107,11 @@ class DeltaBank:
     Args:
         model: the loaded base (``nn.Module``, CPU or CUDA); its ``state_dict()`` names are the
             names deltas must use.
-        index: how kept positions are found at each activate: "auto" (csr: from its column
-            indices; bitmask and seeded: a uint16-gap index built at add(), 2 bytes per kept
-            value), "cache" (the same), "regenerate" (nothing stored: bitmask from its bits,
-            seeded from its regenerated mask, O(numel) per activate).
+        index: how kept positions are found at each activate: "auto" (a uint16-gap index
+            built at add(), 2 bytes per kept value; a bitmask's bits and a csr's column indices
+            are then dropped), "cache" (the same), "regenerate" (nothing stored: csr from its
+            indices, bitmask from its bits, seeded from its regenerated mask, O(numel) per
+            activate for the last two).
 
     The base is whatever the model holds when a delta is activated; deactivate() puts back
     exactly those bits. Do not write to the parameters while a delta is active.
@@ -231,7 +222,10 @@ class DeltaBank:
                 index = KeptIndex(sd, self.index)
             except FormatError as exc:
                 raise FormatError(f"delta {name!r}: {exc}") from None
-            entries.append(_Entry(n, sd.dtype, tuple(sd.shape), sd=sd, index=index))
+            if index.payload_needed:
+                entries.append(_Entry(n, sd.dtype, tuple(sd.shape), sd=sd, index=index, values=sd.values))
+            else:  # bitmask / csr with positions cached: their bits or column indices are not kept
+                entries.append(_Entry(n, sd.dtype, tuple(sd.shape), index=index, values=sd.values))
         for n, d in src.dense.items():
             d = d.to(targets[n].device, copy=src.origin == "mapping").contiguous()
             entries.append(_Entry(n, d.dtype, tuple(d.shape), dense=d))
@@ -386,7 +380,7 @@ class DeltaBank:
         problems = []
         for e in stored.entries:
             t = targets.get(e.name)
-            dev = e.dense.device if e.dense is not None else e.sd.device
+            dev = e.dense.device if e.dense is not None else e.values.device
             if t is None:
                 problems.append(f"{e.name}: no longer in the model")
             elif t.dtype != e.dtype or tuple(t.shape) != e.shape or t.device != dev or not t.is_contiguous():
@@ -399,21 +393,19 @@ class DeltaBank:
 
     @staticmethod
     def _apply(e: _Entry, target: torch.Tensor) -> _Record:
-        bits = _bits(target)
         if e.dense is not None:
+            bits = _bits(target)
             rec = _Record(bits, bits.clone(), e)
             bits.copy_(_bits(e.dense))
             return rec
+        flat = target.detach().view(-1)
         pos = e.index.positions()
-        saved = bits.index_select(0, pos)
-        work = saved.clone().view(e.dtype)
-        compact_add_(work, e.sd.values)
         keep = None
         if not e.index.cheap:
-            keep = pos.to(torch.int32) if bits.numel() < (1 << 31) else pos
-        rec = _Record(bits, saved, e, keep)
-        bits.index_copy_(0, pos, work.view(bits.dtype))
-        return rec
+            keep = pos.to(torch.int32) if flat.numel() < (1 << 31) else pos
+        # one pass: the old bits at the kept positions saved, the values added (one rounding)
+        saved = positions_add_(flat, pos, e.values)
+        return _Record(flat, saved, e, keep)
 
     @staticmethod
     def _restore(records: list[_Record]) -> None:
@@ -423,7 +415,7 @@ class DeltaBank:
                     r.bits.copy_(r.saved)
                     continue
                 pos = r.pos.to(torch.int64) if r.pos is not None else r.entry.index.positions()
-                r.bits.index_copy_(0, pos, r.saved)
+                positions_put_(r.bits, pos, r.saved)
         records.clear()
 
 

@@ -11,10 +11,11 @@ A delta's stored values go, in order, to ascending flat (row-major) positions of
   chunks of ``_CHUNK`` elements, with the mask's ``offset`` so each chunk gets its part of the
   whole mask (O(chunk) temporary).
 
-`KeptIndex` is how the bank holds positions between switches: ``derive`` (csr: recompute from the
-payload, nothing stored), ``regenerate`` (recompute at every activate; nothing stored) or
-``cache`` (positions stored once, at add, as uint16 gaps: 2 bytes per kept value; a tensor whose
-gaps do not fit 16 bits stores int32 / int64 positions instead).
+`KeptIndex` is how the bank holds positions between switches: ``regenerate`` (recompute from the
+payload at every activate; nothing stored) or ``cache`` (positions stored once, at add, as uint16
+gaps: 2 bytes per kept value; a tensor whose gaps do not fit 16 bits stores int32 / int64
+positions instead). A cached bitmask or csr delta needs nothing but its values after that, so
+the bank drops its bits or column indices: every format is then held as values + gaps.
 
 Every path checks what it derives (count equals the stored values, positions strictly increasing
 and inside the tensor) and raises FormatError otherwise, so a malformed delta never writes.
@@ -130,14 +131,21 @@ class KeptIndex:
         if mode not in INDEX_MODES:
             raise ValueError(f"index must be one of {INDEX_MODES}, got {mode!r}")
         if mode == "auto":
-            mode = "derive" if sd.format == "csr" else "cache"
-        elif mode == "cache" and sd.format == "csr":
-            mode = "derive"  # csr's column indices are already its index
+            mode = "cache"
         self.sd, self.mode = sd, mode
         self._first, self._gaps, self._pos = 0, None, None
         pos = kept_positions(sd)  # validates the delta whatever the mode
         if mode == "cache":
             self._store(pos)
+            if sd.format != "seeded":
+                self.sd = None  # the positions are all the bank needs of its bits / indices
+
+    @property
+    def payload_needed(self) -> bool:
+        """False when positions() never reads the delta's payload again (a cached bitmask or csr):
+        the bank then keeps only its values, not its bits (1 per parameter: 6.25% of a bf16 base)
+        or column indices."""
+        return self.sd is not None
 
     def _store(self, pos: torch.Tensor) -> None:
         if pos.numel() == 0:
@@ -159,8 +167,6 @@ class KeptIndex:
         """int64 [kept], ascending."""
         if self.mode == "regenerate":
             return kept_positions(self.sd)
-        if self.mode == "derive":
-            return _csr(self.sd)
         if self._pos is not None:
             return self._pos.to(torch.int64)
         out = torch.empty(self._gaps.numel() + 1, dtype=torch.int64, device=self._gaps.device)

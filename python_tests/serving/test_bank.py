@@ -257,7 +257,7 @@ def test_failure_half_way_restores_the_base(fmt, monkeypatch):
     bank = DeltaBank(net)
     delta = make_delta(net, fmt, 0.5, 1)
     bank.add("a", delta)
-    real, calls = bank_mod.bitmask_scatter_, []
+    real, calls = bank_mod.positions_add_, []
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -265,13 +265,13 @@ def test_failure_half_way_restores_the_base(fmt, monkeypatch):
             raise RuntimeError("injected failure on the 3rd tensor")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bank_mod, "bitmask_scatter_", flaky)
+    monkeypatch.setattr(bank_mod, "positions_add_", flaky)
     with pytest.raises(RuntimeError, match="injected"):
         bank.activate("a")
     assert len(calls) == 3
     assert bank.active_name is None
     assert_bits(net, base)
-    monkeypatch.setattr(bank_mod, "bitmask_scatter_", real)
+    monkeypatch.setattr(bank_mod, "positions_add_", real)
     bank.activate("a")  # and it still works after
     assert_bits(net, expected(base, delta, torch.float16))
     bank.deactivate()
@@ -285,7 +285,7 @@ def test_failure_in_switch_leaves_the_base(monkeypatch):
     bank.add("a", make_delta(net, "seeded", 0.9, 1))
     bank.add("b", make_delta(net, "csr", 0.9, 2))
     bank.activate("a")
-    real, calls = bank_mod.compact_add_, []
+    real, calls = bank_mod.positions_add_, []
 
     def broken(*args, **kwargs):  # the 3rd tensor of b fails: 2 switched, 1 still a's
         calls.append(1)
@@ -293,12 +293,12 @@ def test_failure_in_switch_leaves_the_base(monkeypatch):
             raise RuntimeError("injected")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bank_mod, "compact_add_", broken)
+    monkeypatch.setattr(bank_mod, "positions_add_", broken)
     with pytest.raises(RuntimeError, match="injected"):
         bank.switch("b")
     assert bank.active_name is None
     assert_bits(net, base)
-    monkeypatch.setattr(bank_mod, "compact_add_", real)
+    monkeypatch.setattr(bank_mod, "positions_add_", real)
     bank.switch("b")
     bank.switch("a")
     bank.deactivate()
@@ -420,6 +420,28 @@ def test_memory_report():
     assert bank.memory()["active"] == 2 * kept + net.norm.numel() * 2  # saved base values
     bank.deactivate()
     assert bank.memory()["active"] == 0
+
+
+@pytest.mark.parametrize("fmt", ["bitmask", "csr"])
+@pytest.mark.parametrize("index", ["auto", "regenerate"])
+def test_cached_index_keeps_values_and_gaps_not_the_payload(fmt, index):
+    net = Net(torch.bfloat16)
+    base = snapshot(net)
+    delta = make_delta(net, fmt, 0.99, 4, dense=False)
+    bank = DeltaBank(net, index=index)
+    bank.add("b", delta)
+    kept = sum(d.kept for d in delta.values())
+    values = 2 * kept
+    payload = sum(d.nbytes for d in delta.values())
+    nonempty = sum(1 for d in delta.values() if d.kept)
+    if index == "auto":  # values + uint16 gaps (the first position of each tensor is held apart)
+        assert bank.memory()["deltas"]["b"] == values + 2 * (kept - nonempty)
+    else:  # regenerating the positions needs the bits / column indices
+        assert bank.memory()["deltas"]["b"] == payload
+    bank.activate("b")
+    assert_bits(net, expected(base, delta, torch.bfloat16))
+    bank.deactivate()
+    assert_bits(net, base)
 
 
 def test_bad_arguments_name_the_argument(tmp_path):
