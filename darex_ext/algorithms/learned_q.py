@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..ops import keep_mask
+from ..ops import _checks, keep_mask
 from ..seeds import tensor_seed
 from . import _args
 from .analytic_q import AnalyticQMap
@@ -91,7 +91,7 @@ class _Layer:
 
 
 def _layers(finetuned: nn.Module, base: nn.Module, p: float, seed: int,
-            include: Callable[[str], bool] | None) -> list[_Layer]:
+            include: Callable[[str], bool] | None, mask_spec: str) -> list[_Layer]:
     # Names come from named_parameters() (tied tensors once, under their first name), as in
     # dare_model, so a tied Linear weight is trained and pruned under one name only.
     ft_params = dict(finetuned.named_parameters())
@@ -108,7 +108,7 @@ def _layers(finetuned: nn.Module, base: nn.Module, p: float, seed: int,
             b = other.detach().to(ft.device, ft.dtype)
             acc = _acc_dtype(ft.dtype)
             b_acc = b.to(acc)
-            mask = keep_mask(ft, p, seed=tensor_seed(seed, name))
+            mask = keep_mask(ft, p, seed=tensor_seed(seed, name), mask=mask_spec)
             return _Pruned(name, mask, b, b_acc, ft.to(acc) - b_acc)
 
     layers = []
@@ -160,7 +160,7 @@ def learn_layer_q(finetuned: nn.Module, base: nn.Module, batches: Iterable, p: f
                   val_batches: Iterable | None = None, seed: int = 0, lr: float = 1e-2, t_max: int = 200,
                   weight_decay: float = 0.01, eval_every: int = 10, patience: int = 5,
                   max_steps: int | None = None, top_k: int | None = 5, init: float = 1e-4,
-                  include: Callable[[str], bool] | None = None) -> LearnedQMap:
+                  include: Callable[[str], bool] | None = None, mask: str = "skip") -> LearnedQMap:
     """Learn one q per Linear by gradient descent (vengdeng/DAREx ``perlayer_opt.py``,
     ``utils/resserve.py`` ``BinaryDiff``).
 
@@ -219,6 +219,8 @@ def learn_layer_q(finetuned: nn.Module, base: nn.Module, batches: Iterable, p: f
         top_k: k of the logit MSE (>= 1), or None to compare last hidden states.
         init: the coefficients' initial value (the published 1e-4).
         include: optional predicate on parameter names.
+        mask: the mask spec, "skip" (version 2, default) or "philox" (version 1), the same as
+            ``dare_model``'s.
 
     Returns:
         :class:`LearnedQMap`: parameter name -> q for every trained weight and bias, with
@@ -249,7 +251,8 @@ def learn_layer_q(finetuned: nn.Module, base: nn.Module, batches: Iterable, p: f
     train_iter = _batches_arg(batches, "batches")
     val = None if val_batches is None else list(_batches_arg(val_batches, "val_batches"))
 
-    layers = _layers(finetuned, base, p, seed, include)
+    _checks.mask_spec(mask)
+    layers = _layers(finetuned, base, p, seed, include, mask)
     if not layers:
         raise ValueError("finetuned and base share no nn.Linear weight of the same name and shape"
                          + ("" if include is None else " that include() admits"))

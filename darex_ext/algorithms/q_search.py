@@ -237,18 +237,19 @@ def _warn_uncovered(pairs, q, p: float) -> None:
                       f"1/(1-p) = {1 / (1 - p):.4g} (plain DARE): {shown}", QFallbackWarning, stacklevel=3)
 
 
-def _write_dare(target: nn.Module, pairs, p: float, q, seed: int) -> nn.Module:
+def _write_dare(target: nn.Module, pairs, p: float, q, seed: int, mask: str = "skip") -> nn.Module:
     params = dict(target.named_parameters())
     with torch.no_grad():
         for name, ft, b in pairs:
             out = params[name]
             dare(ft.detach(), b.detach().to(ft.device, ft.dtype), p, _q_for(q, name),
-                 seed=tensor_seed(seed, name), out=out.data)
+                 seed=tensor_seed(seed, name), out=out.data, mask=mask)
     return target
 
 
 def dare_model(finetuned: nn.Module, base: nn.Module, p: float, q=None, *, seed: int = 0,
-               include: Callable[[str], bool] | None = None, out: nn.Module | None = None) -> nn.Module:
+               include: Callable[[str], bool] | None = None, out: nn.Module | None = None,
+               mask: str = "skip") -> nn.Module:
     """A copy of `finetuned` whose parameters are base + prune(finetuned - base, p, q).
 
     Every floating parameter present in both models with the same name and shape is pruned
@@ -260,11 +261,12 @@ def dare_model(finetuned: nn.Module, base: nn.Module, p: float, q=None, *, seed:
             per-row tensor (e.g. :func:`analytic_q_for_model`); names missing from a mapping
             get 1 - p and a :class:`QFallbackWarning` lists them.
         out: a model of the same architecture to overwrite instead of a fresh deep copy.
+        mask: the mask spec, "skip" (version 2, default) or "philox" (version 1); docs/mask_spec.md.
     """
     pairs = _delta_pairs(finetuned, base, include)
     _warn_uncovered(pairs, q, p)
     target = copy.deepcopy(finetuned) if out is None else out
-    return _write_dare(target, pairs, p, q, seed)
+    return _write_dare(target, pairs, p, q, seed, mask)
 
 
 def _compare(ft_out, pr_out, top_k: int | None) -> torch.Tensor:
@@ -365,13 +367,14 @@ REFERENCE_OBJECTIVES = {
 def output_change_objective(finetuned: nn.Module, base: nn.Module, batches: Iterable, p: float, *,
                             seeds: Sequence[int] = (0, 1, 2), top_k: int | None = 10,
                             include: Callable[[str], bool] | None = None, drop_outlier: bool = False,
-                            preset: str | None = None) -> Callable[[float], float]:
+                            preset: str | None = None, mask: str = "skip") -> Callable[[float], float]:
     """q -> :func:`output_change` of the DARE-pruned model at rescale q, for ``find_q(...,
     maximize=False)``. One working copy of the model is made up front and overwritten for every
     (q, seed) with the fused ``dare`` kernel, so a search costs no further copies.
 
     preset: "encoder" or "decoder" sets seeds, top_k and drop_outlier to the published
-    objective (:data:`REFERENCE_OBJECTIVES`); None (default) keeps the arguments as given."""
+    objective (:data:`REFERENCE_OBJECTIVES`); None (default) keeps the arguments as given.
+    mask: the mask spec of the pruned copies (as :func:`dare_model`)."""
     if preset is not None:
         if preset not in REFERENCE_OBJECTIVES:
             raise ValueError(f"preset must be one of {tuple(REFERENCE_OBJECTIVES)} or None, got {preset!r}")
@@ -381,7 +384,7 @@ def output_change_objective(finetuned: nn.Module, base: nn.Module, batches: Iter
     work = copy.deepcopy(finetuned)
 
     def objective(q: float) -> float:
-        return output_change(finetuned, lambda s: _write_dare(work, pairs, p, q, s), batches,
+        return output_change(finetuned, lambda s: _write_dare(work, pairs, p, q, s, mask), batches,
                              seeds=seeds, top_k=top_k, drop_outlier=drop_outlier)
 
     return objective

@@ -168,6 +168,9 @@ def add_model_commands(sub) -> None:
     p.add_argument("--eta-grid", default=None, metavar="LO:HI:STEP", help="--eta auto's grid (default 0.1:1.5:0.1)")
     p.add_argument("--format", choices=("dense", "seeded", "bitmask", "csr"), default="dense",
                    help="dense: a model directory; others: OUT/delta.safetensors + copied config")
+    p.add_argument("--mask", choices=("skip", "philox"), default="skip",
+                   help="dare / darex-q mask spec: skip (version 2, default: O(kept) at high p) or philox "
+                        "(version 1, the masks of releases before v2); docs/mask_spec.md")
     p.add_argument("--dry-run", action="store_true", help="check and print the plan, write nothing")
     _common(p, output_required=False)
 
@@ -280,7 +283,7 @@ def _prune_config(args, parser):
     q_mode = "auto" if args.q == "auto" else (args.q_mode or "fixed")
     try:
         return PruneConfig(method=args.method, p=args.p, q=None if args.q == "auto" else args.q, q_mode=q_mode,
-                           seed=args.seed, format=args.format, preset=args.preset, include=tuple(args.include),
+                           seed=args.seed, mask=args.mask, format=args.format, preset=args.preset, include=tuple(args.include),
                            exclude=tuple(args.exclude), device=args.device, stats=args.stats,
                            calibration=args.calibration, samples=args.samples, seq_len=args.seq_len,
                            calibration_unit=args.calibration_unit, eta=args.eta,

@@ -97,7 +97,7 @@ def _inspect_delta(path: str, limit: int, p: float, out: IO[str]) -> None:
             if not limit or len(rows) < limit:
                 rows.append([name, "stored", _shape(info.shape), "1.0000", f"{info.nbytes / max(info.numel, 1):.3f}",
                              f"{info.nbytes:,}", "", ""])
-    keys = ("darex.method", "darex.p", "darex.q", "darex.seed", "darex.format")
+    keys = ("darex.method", "darex.p", "darex.q", "darex.seed", "darex.mask", "darex.format")
     print("delta " + path + ": " + ", ".join(f"{k.split('.', 1)[1]}={meta[k]}" for k in keys if meta.get(k)), file=out)
     _table(rows, ["tensor", "format", "shape", "density", "B/param", "bytes", "max|d|", "rms(d)"], out)
     print(f"total: {len(rows)} tensors shown, {total_params:,} parameters in {total_bytes:,} bytes "

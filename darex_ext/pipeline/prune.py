@@ -56,6 +56,7 @@ class PruneConfig:
     # calibration text), "analytic" (from --stats or --calibration), "learned" (per layer)
     q_mode: str = "fixed"
     seed: int = 0
+    mask: str = "skip"              # random methods' mask spec: "skip" (v2) | "philox" (v1), docs/mask_spec.md
     format: str = "dense"
     preset: str = "all"
     include: tuple[str, ...] = field(default_factory=tuple)
@@ -111,6 +112,8 @@ class PruneConfig:
         if self.samples is not None and (isinstance(self.samples, bool) or not isinstance(self.samples, int)
                                          or self.samples < 1):
             raise ValueError(f"--samples must be a positive integer, got {self.samples!r}")
+        if self.mask not in ("skip", "philox"):
+            raise ValueError(f"--mask must be 'skip' (mask spec v2) or 'philox' (v1), got {self.mask!r}")
         if self.calibration_unit not in ("auto", "line", "window"):
             raise ValueError(f"--calibration-unit must be one of auto, line, window, got {self.calibration_unit!r}")
         if not (isinstance(self.seq_len, int) and self.seq_len >= 2):
@@ -174,7 +177,7 @@ def prune_delta(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats 
         raise ValueError("method 'dppa' needs drop_rates (see dppa_rates)")
     if cfg.method in RANDOM_METHODS:
         return prune_tensor(delta, cfg.method, cfg.p, q=_q_for(name, cfg, q_table),
-                            seed=tensor_seed(cfg.seed, name))
+                            seed=tensor_seed(cfg.seed, name), mask=cfg.mask)
     act = stats.get(name, "act_norm") if cfg.method == "wanda" else None
     rate = drop_rates.get(name, 0.0) if drop_rates is not None else None
     return prune_tensor(delta, cfg.method, cfg.p, q=cfg.q, act_norm=act, drop_rate=rate)
@@ -238,10 +241,10 @@ def dense_tensor(name: str, base: torch.Tensor, finetuned: torch.Tensor, cfg: Pr
         if isinstance(q, torch.Tensor):
             q = q.to(base.device)
         if base.dtype in (torch.float32, torch.float64):
-            return dare(finetuned, base, cfg.p, q, seed=seed, out=base)
+            return dare(finetuned, base, cfg.p, q, seed=seed, out=base, mask=cfg.mask)
         delta = torch.sub(finetuned, base, out=finetuned)
         # A seeded delta stores every kept entry: its add touches exactly the mask's entries.
-        storage.compress_dare(delta, cfg.p, q, seed=seed).add_to_(base)
+        storage.compress_dare(delta, cfg.p, q, seed=seed, mask=cfg.mask).add_to_(base)
         return base
     delta = prune_delta(name, torch.sub(finetuned, base, out=finetuned), cfg, stats, drop_rates=drop_rates,
                         q_table=q_table)
@@ -256,7 +259,7 @@ def _compress(name: str, delta: torch.Tensor, cfg: PruneConfig, stats: _Stats, d
     if cfg.format == "seeded":
         q = _q_for(name, cfg, q_table)
         return storage.compress_dare(delta, cfg.p, q, seed=tensor_seed(cfg.seed, name), format="seeded",
-                                     method=cfg.method)
+                                     method=cfg.method, mask=cfg.mask)
     pruned = prune_delta(name, delta, cfg, stats, drop_rates=drop_rates, q_table=q_table)
     q = _q_for(name, cfg, q_table) if cfg.method in RANDOM_METHODS else cfg.q
     return storage.compress(pruned, format=cfg.format, method=cfg.method, p=cfg.p,
@@ -335,7 +338,7 @@ def _job(group, base: str, finetuned: str, out: str, cfg: PruneConfig, overwrite
 
         metadata = {"darex.version": __version__, "darex.method": cfg.method, "darex.p": repr(cfg.p),
                     "darex.q": "" if cfg.q is None else repr(cfg.q), "darex.q_mode": cfg.q_mode,
-                    "darex.seed": str(resolve_seed(cfg.seed)), "darex.format": cfg.format,
+                    "darex.seed": str(resolve_seed(cfg.seed)), "darex.mask": cfg.mask, "darex.format": cfg.format,
                     "darex.layout": layout.to_json()}
         try:
             summary = write_delta(group, out, names, [entries[n].nbytes for n in names], compute_delta,

@@ -120,7 +120,7 @@ class _Models:
 
         chosen = set(selected)
         return output_change_objective(self.ft, self.base, self.batches, p, preset=self.kind,
-                                       include=lambda n: n in chosen)
+                                       include=lambda n: n in chosen, mask=self._cfg.mask)
 
 
 def _search(evaluate, grid, kind: str):
@@ -159,7 +159,7 @@ def choose_q(base_path: str, ft_path: str, cfg, selected: list[str]) -> QChoice:
             def by_eta(e: float) -> float:
                 table = _analytic_table(base, finetuned, selected, x_means, cfg, e)
                 return output_change(models.ft, lambda s: dare_model(models.ft, models.base, cfg.p, table, seed=s,
-                                                                     include=lambda n: n in chosen),
+                                                                     include=lambda n: n in chosen, mask=cfg.mask),
                                      models.batches, **_objective_args(models.kind))
 
             search = _search(by_eta, cfg.eta_grid or (0.1, 1.5, 0.1), models.kind)
@@ -172,7 +172,8 @@ def choose_q(base_path: str, ft_path: str, cfg, selected: list[str]) -> QChoice:
     if mode == "learned":
         batches = models.small_batches(LEARNED_BATCH)
         others = [n for n in selected if finetuned.infos[n].dtype.is_floating_point]
-        table, train, val = learned_table(models.ft, models.base, batches, cfg.p, cfg.seed, selected, others)
+        table, train, val = learned_table(models.ft, models.base, batches, cfg.p, cfg.seed, selected, others,
+                                          mask=cfg.mask)
         return _table_choice(table, selected, cfg, f"q: learned per layer (label-free output change, "
                                                    f"{train} training and {val} validation batches)")
     raise ValueError(f"q_mode must be one of {Q_MODES}, got {mode!r}")
@@ -181,7 +182,7 @@ def choose_q(base_path: str, ft_path: str, cfg, selected: list[str]) -> QChoice:
 LEARNED_BATCH = 8  # inputs per training step, the published batch size
 
 
-def learned_table(ft, base, batches: list, p: float, seed: int, selected, others) -> tuple:
+def learned_table(ft, base, batches: list, p: float, seed: int, selected, others, *, mask: str = "skip") -> tuple:
     """``learn_layer_q`` as `--q-mode learned` runs it: the last fifth of `batches` validates
     (early stopping), the rest trains; the Linear weights and biases in `selected` get their
     layer's q and every name in `others` without one the mean of the layer q's (as analytic q).
@@ -192,7 +193,7 @@ def learned_table(ft, base, batches: list, p: float, seed: int, selected, others
     chosen = set(selected)
     val = max(1, len(batches) // 5) if len(batches) > 1 else 0
     train, held = (batches[:-val], batches[-val:]) if val else (batches, None)
-    table = learn_layer_q(ft, base, train, p, val_batches=held, seed=seed, include=lambda n: n in chosen)
+    table = learn_layer_q(ft, base, train, p, val_batches=held, seed=seed, include=lambda n: n in chosen, mask=mask)
     rest = [n for n in others if n not in table]
     if rest and table.layer_q:
         table.fill = reference_mean_of_layers(table.layer_q.values())

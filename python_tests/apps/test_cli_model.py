@@ -116,3 +116,27 @@ def test_demo_quick_prints_the_table(capsys):
     assert darex["bytes"] < 0.05 * result["dense_bytes"] and dare["bytes"] < 0.05 * result["dense_bytes"]
     # q is chosen on validation data among grid points that include DARE's own 1 - p
     assert darex["accuracy"] >= dare["accuracy"] - 0.05
+
+
+def test_prune_mask_spec_choice(pair, tmp_path, capsys):
+    # --mask philox reproduces spec v1's masks (releases before v2); the delta records the spec,
+    # so apply rebuilds exactly the dense prune under either spec, and the two specs differ at p = 0.99.
+    from darex_ext import storage
+
+    base, (ft, _) = pair
+    common = ["--method", "dare", "-p", "0.99", "--seed", "7", "--preset", "decoder", "--quiet"]
+    outs = {}
+    for spec in ("skip", "philox"):
+        dense, delta, applied = (str(tmp_path / f"{n}-{spec}") for n in ("dense", "delta", "applied"))
+        assert cli.main(["prune", base, ft, "-o", dense, "--mask", spec, *common]) == 0
+        assert cli.main(["prune", base, ft, "-o", delta, "--format", "seeded", "--mask", spec, *common]) == 0
+        assert cli.main(["apply", base, delta, "-o", applied, "--quiet"]) == 0
+        assert dir_bytes(dense) == dir_bytes(applied), spec
+        with storage.load(os.path.join(delta, "delta.safetensors")) as f:
+            assert {f[n].meta["mask"] for n in f.keys()} == {spec}
+        capsys.readouterr()
+        assert cli.main(["inspect", delta]) == 0
+        assert f"mask={spec}" in capsys.readouterr().out
+        outs[spec] = load_all(dense)
+    assert any(not torch.equal(outs["skip"][k], outs["philox"][k]) for k in outs["skip"])
+    _usage_error(["prune", base, ft, "-o", str(tmp_path / "x"), "--mask", "v3"], capsys, "invalid choice")
