@@ -46,22 +46,28 @@ struct SkipPlan {
   int32_t rare_in(uint64_t seed, uint64_t first, int32_t n, int32_t* out) const {
     if (!any_rare) return 0;
     constexpr int32_t kDrawBatch = 128;
+    constexpr int32_t kGapChunk = 8;
     const int32_t batch = draw_batch;
     const uint64_t stripe = first >> kSkipStripeLog2;
     const int32_t start = static_cast<int32_t>(first & (kSkipStripe - 1));
     const int32_t stop = start + n;
     alignas(64) uint32_t words[kDrawBatch];
-    int32_t gaps[kDrawBatch];
+    int32_t gaps[kGapChunk];
     int32_t count = 0, pos = 0;
     for (uint64_t next_draw = 0;; next_draw += static_cast<uint64_t>(batch)) {
       philox_fill_stripe(seed, stripe, next_draw, batch, words);
-      for (int32_t k = 0; k < batch; ++k)
-        gaps[k] = skip_gap_indexed(table.data(), index.data(), kSkipStripe, words[k]);
-      for (int32_t k = 0; k < batch; ++k) {
-        const int32_t r = pos + gaps[k];
-        if (r >= stop) return count;  // past the piece, or the stripe has no further rare element
-        if (r >= start) out[count++] = r - start;
-        pos = r + 1;
+      // Gaps are searched kGapChunk at a time, so the draws a stripe does not reach (the batch
+      // is sized for its mean need plus 4 standard deviations) are mostly never searched.
+      for (int32_t c = 0; c < batch; c += kGapChunk) {
+        const int32_t m = batch - c < kGapChunk ? batch - c : kGapChunk;
+        for (int32_t k = 0; k < m; ++k)
+          gaps[k] = skip_gap_indexed(table.data(), index.data(), kSkipStripe, words[c + k]);
+        for (int32_t k = 0; k < m; ++k) {
+          const int32_t r = pos + gaps[k];
+          if (r >= stop) return count;  // past the piece, or the stripe has no further rare element
+          if (r >= start) out[count++] = r - start;
+          pos = r + 1;
+        }
       }
     }
   }
