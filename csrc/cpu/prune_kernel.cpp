@@ -21,6 +21,7 @@
 #include "../common/abs_sum.h"
 #include "../common/dare_math.h"
 #include "../ops/prune_args.h"
+#include "inverse_q.h"
 #include "philox_fill.h"
 #include "skip_walk.h"
 #include "stream_store.h"
@@ -72,26 +73,6 @@ void for_each_mask_chunk(int64_t mask_spec, double p, uint64_t seed, uint64_t of
 inline bool kept_only_pays(int64_t mask_spec, double p) {
   return mask_spec == kMaskSkip && p > 1.0 - kSkipWalkMaxRho;
 }
-
-// 1/q of flat element e (tensor-local): the row's for per-row q, else the scalar. Rows change
-// rarely along increasing e, so the division happens once per row, not per element.
-template <typename acc_t>
-struct InverseQ {
-  const acc_t* q_rows;
-  int64_t row_len;
-  acc_t scalar;
-  int64_t row = -1;
-  acc_t inv = acc_t(0);
-  acc_t at(int64_t e) {
-    if (q_rows == nullptr) return scalar;
-    const int64_t r = e / row_len;
-    if (r != row) {
-      row = r;
-      inv = inverse_q<acc_t>(q_rows[r]);
-    }
-    return inv;
-  }
-};
 
 // Splits [start, start + count) at row boundaries: f(row, local_begin, length).
 template <typename F>

@@ -16,6 +16,7 @@
 
 #include "../common/dare_math.h"
 #include "../ops/storage_args.h"
+#include "inverse_q.h"
 #include "scatter_bits.h"
 #include "skip_walk.h"
 #include "storage_common.h"
@@ -40,15 +41,10 @@ at::Tensor seeded_pack_kept_only(const at::Tensor& x, double p, int64_t seed, in
       for (int32_t j = 0; j < k; ++j) __builtin_prefetch(src + begin + pos[j], 0, 3);
     };
     kept.for_each<None>(ahead, [&](None&, int64_t begin, int32_t, const uint16_t* pos, int32_t k, int64_t first) {
-      int64_t row = -1;
-      acc_t inv = inv_scalar;
+      InverseQ<acc_t> inv{qr, row_len, inv_scalar};
       for (int32_t j = 0; j < k; ++j) {
         const int64_t e = begin + pos[j];
-        if (qr != nullptr && e / row_len != row) {  // rows change rarely: one division each
-          row = e / row_len;
-          inv = inverse_q<acc_t>(qr[row]);
-        }
-        dst[first + j] = prune_store(src[e], inv, true);
+        dst[first + j] = prune_store(src[e], inv.at(e), true);
       }
     });
   });
@@ -73,16 +69,9 @@ at::Tensor seeded_pack_cpu(const at::Tensor& delta, double p, int64_t seed, int6
     const acc_t* qr = q_rows ? q_rows->const_data_ptr<acc_t>() : nullptr;
     const acc_t inv_scalar = inverse_q<acc_t>(static_cast<acc_t>(q));
     at::parallel_for(0, plan.chunks(), 1, [&](int64_t c0, int64_t c1) {
-      int64_t row = -1;
-      acc_t inv = inv_scalar;
+      InverseQ<acc_t> inv{qr, row_len, inv_scalar};
       for (int64_t c = c0; c < c1; ++c) {
-        for_each_kept_in_chunk(plan, c, src, [&](int64_t e, int64_t k) {
-          if (qr != nullptr && e / row_len != row) {  // rows change rarely: one division each
-            row = e / row_len;
-            inv = inverse_q<acc_t>(qr[row]);
-          }
-          dst[k] = prune_store(src[e], inv, true);
-        });
+        for_each_kept_in_chunk(plan, c, src, [&](int64_t e, int64_t k) { dst[k] = prune_store(src[e], inv.at(e), true); });
       }
     });
   });

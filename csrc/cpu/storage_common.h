@@ -34,7 +34,11 @@ struct KeepPlan {
   int64_t total() const { return starts.back(); }
 };
 
-inline KeepPlan plan_keep(uint64_t seed, uint64_t offset, int64_t n, uint32_t thr) {
+// The plan's skeleton: counts[c] = fill(s, len, bits + s / 64) for every chunk c (element s,
+// length len) in parallel, then their prefix sums. fill writes the chunk's bits and returns how
+// many are set.
+template <typename Fill>
+KeepPlan plan_keep_chunks(int64_t n, const Fill& fill) {
   KeepPlan plan;
   plan.n = n;
   const int64_t chunks = (n + kStorageChunk - 1) / kStorageChunk;
@@ -45,48 +49,36 @@ inline KeepPlan plan_keep(uint64_t seed, uint64_t offset, int64_t n, uint32_t th
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t s = c * kStorageChunk;
-      counts[c] = keep_bits(seed, offset + static_cast<uint64_t>(s), std::min(kStorageChunk, n - s),
-                            thr, bits + s / 64);
+      counts[c] = fill(s, std::min(kStorageChunk, n - s), bits + s / 64);
     }
   });
   for (int64_t c = 0; c < chunks; ++c) plan.starts[c + 1] += plan.starts[c];
   return plan;
 }
 
+inline KeepPlan plan_keep(uint64_t seed, uint64_t offset, int64_t n, uint32_t thr) {
+  return plan_keep_chunks(n, [&](int64_t s, int64_t len, uint64_t* b) {
+    return keep_bits(seed, offset + static_cast<uint64_t>(s), len, thr, b);
+  });
+}
+
 // The same plan under mask spec v2: each chunk's bits are filled with the common outcome, then
 // the rare elements of its stripe pieces are flipped (O(n / 64) words plus O(rare)).
 inline KeepPlan plan_keep_skip(uint64_t seed, uint64_t offset, int64_t n, const SkipPlan& skip) {
-  KeepPlan plan;
-  plan.n = n;
-  const int64_t chunks = (n + kStorageChunk - 1) / kStorageChunk;
-  plan.bits.reset(new uint64_t[static_cast<size_t>(std::max<int64_t>(1, (n + 63) / 64))]);
-  plan.starts.assign(static_cast<size_t>(chunks + 1), 0);
-  uint64_t* bits = plan.bits.get();
-  int64_t* counts = plan.starts.data() + 1;
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+  return plan_keep_chunks(n, [&](int64_t s, int64_t len, uint64_t* b) {
+    const int64_t words = (len + 63) / 64;
+    std::fill(b, b + words, skip.rare_is_keep ? uint64_t(0) : ~uint64_t(0));
+    if (len % 64 != 0) b[words - 1] &= (uint64_t(1) << (len % 64)) - 1;  // no bit past n
     std::vector<int32_t> rare(static_cast<size_t>(kSkipStripe));
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t s = c * kStorageChunk;
-      const int64_t len = std::min(kStorageChunk, n - s);
-      uint64_t* b = bits + s / 64;
-      const int64_t words = (len + 63) / 64;
-      std::fill(b, b + words, skip.rare_is_keep ? uint64_t(0) : ~uint64_t(0));
-      if (len % 64 != 0) b[words - 1] &= (uint64_t(1) << (len % 64)) - 1;  // no bit past n
-      int64_t rare_total = 0;
-      for (int64_t j = 0; j < len;) {
-        const uint64_t flat = offset + static_cast<uint64_t>(s + j);
-        const int32_t piece = static_cast<int32_t>(
-            std::min<int64_t>(len - j, kSkipStripe - static_cast<int64_t>(flat & (kSkipStripe - 1))));
-        const int32_t k = skip.rare_in(seed, flat, piece, rare.data());
-        for (int32_t t = 0; t < k; ++t) b[(j + rare[t]) / 64] ^= uint64_t(1) << ((j + rare[t]) % 64);
-        rare_total += k;
-        j += piece;
-      }
-      counts[c] = skip.rare_is_keep ? rare_total : len - rare_total;
-    }
+    int64_t rare_total = 0;
+    for_each_piece_in(offset, s, s + len, [&](int64_t first, int32_t piece) {
+      const int32_t k = skip.rare_in(seed, offset + static_cast<uint64_t>(first), piece, rare.data());
+      const int64_t j = first - s;
+      for (int32_t t = 0; t < k; ++t) b[(j + rare[t]) / 64] ^= uint64_t(1) << ((j + rare[t]) % 64);
+      rare_total += k;
+    });
+    return skip.rare_is_keep ? rare_total : len - rare_total;
   });
-  for (int64_t c = 0; c < chunks; ++c) plan.starts[c + 1] += plan.starts[c];
-  return plan;
 }
 
 // The keep plan under either mask spec (mask_spec as in ops/prune_args.h).
