@@ -12,8 +12,17 @@ the same tensor in the same process:
   as many cache lines as hold a kept element, evenly spaced (the least any kept-only op moves);
 - and every fused op with mask="philox" (spec v1) for comparison.
 
+Each target ratio is the median, over --rounds rounds, of the ratio within a round, where a round
+times the ceiling and the op back to back: the shared VMs this runs on drift by up to 1.6x within
+minutes, so a ceiling timed once at the start and an op timed a minute later give a ratio of the
+drift, not of the op. The best times over all rounds are printed too.
+
+`prune_` at p = 0.99 is also set against the walk (`keep_count`: the gap search alone, which
+writes nothing) plus `mul_(2.0)` (a read-modify-write of every line, which an in-place fill of the
+zeros between kept elements also is): the time of the two done one after the other.
+
     python benchmarks/bench_mask_v2.py                       # 2**26 elements, fp32 + bf16, p = 0.99, 0.5
-    python benchmarks/bench_mask_v2.py --numel 1048576 --repeat 2   # smoke test
+    python benchmarks/bench_mask_v2.py --numel 1048576 --repeat 2 --rounds 2   # smoke test
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import argparse
 import datetime
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -30,6 +40,7 @@ import torch
 import darex_ext
 from darex_ext import storage
 from darex_ext.apps.bench import cpu_model
+from darex_ext.ops import keep_count
 
 SEED = 1234
 
@@ -52,7 +63,34 @@ def best_time(call, reset, repeat: int, device: torch.device) -> float:
     return best
 
 
-def run(numel: int, dtypes: list[torch.dtype], ps: list[float], repeat: int, device: torch.device) -> list[tuple]:
+def paired(ceiling, op, reset, repeat: int, rounds: int, device: torch.device) -> tuple[float, float, float]:
+    """(best ceiling, best op, median over rounds of ceiling / op), each round timing both."""
+    ceil_t, op_t, ratios = [], [], []
+    for _ in range(rounds):
+        c = best_time(ceiling, reset, repeat, device)
+        o = best_time(op, reset, repeat, device)
+        ceil_t.append(c)
+        op_t.append(o)
+        ratios.append(c / o)
+    return min(ceil_t), min(op_t), statistics.median(ratios)
+
+
+def thread_speedup(repeat: int) -> float:
+    """How much faster the compute-bound walk (keep_count of 2^24 at p = 0.99) runs on all threads."""
+    like = torch.empty(1 << 24)
+    threads = torch.get_num_threads()
+    walk = lambda: keep_count(like, 0.99, seed=SEED, mask="skip")  # noqa: E731
+    all_threads = best_time(walk, lambda: None, 3 * repeat, torch.device("cpu"))
+    torch.set_num_threads(1)
+    try:
+        one = best_time(walk, lambda: None, 3 * repeat, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    return one / all_threads
+
+
+def run(numel: int, dtypes: list[torch.dtype], ps: list[float], repeat: int, rounds: int,
+        device: torch.device) -> list[tuple]:
     rows = []
     g = torch.Generator().manual_seed(SEED)
     for dtype in dtypes:
@@ -64,7 +102,6 @@ def run(numel: int, dtypes: list[torch.dtype], ps: list[float], repeat: int, dev
         refill = lambda: x.copy_(src)  # noqa: E731
         zero = best_time(lambda: x.zero_(), refill, repeat, device)
         mul = best_time(lambda: x.mul_(2.0), refill, repeat, device)
-        write_ceiling = min(zero, mul)
         add = best_time(lambda: base.add_(src), nop, repeat, device)
         fill = best_time(lambda: mask_out.fill_(True), nop, repeat, device)
         # keep_mask and to_dense return new tensors: their ceilings allocate too (first-touch
@@ -92,18 +129,30 @@ def run(numel: int, dtypes: list[torch.dtype], ps: list[float], repeat: int, dev
             rows += [(name, p, f"ceiling: RMW of the {lines} kept lines ({lines / (numel / per_line):.1%}), strided",
                       rmw_lines, None),
                      (name, p, "ceiling: the same, plus a read of as many lines of a second tensor", rmw2_lines, None)]
+            walk = best_time(lambda: keep_count(x, p, seed=SEED, mask="skip"), nop, repeat, device)
+            rows.append((name, p, "reference: the walk alone (keep_count mask=skip)", walk, None))
+            write_op = (lambda: x.zero_()) if zero <= mul else (lambda: x.mul_(2.0))
             for mask in ("skip", "philox"):
-                t = best_time(lambda: darex_ext.prune_(x, p, seed=SEED, mask=mask), refill, repeat, device)
-                rows.append((name, p, f"prune_ mask={mask}", t, f"{write_ceiling / t:.2f} of write ceiling"))
-                t = best_time(lambda: darex_ext.dare(src, base, p, seed=SEED, out=base, mask=mask), nop, repeat, device)
+                prune = lambda: darex_ext.prune_(x, p, seed=SEED, mask=mask)  # noqa: E731
+                _, t, r = paired(write_op, prune, refill, repeat, rounds, device)
+                _, _, r_walk = paired(lambda: (keep_count(x, p, seed=SEED, mask=mask), x.mul_(2.0)), prune, refill, repeat,
+                                      rounds, device)
+                rows.append((name, p, f"prune_ mask={mask}", t,
+                             f"{r:.2f} of write ceiling; {r_walk:.2f} of walk + mul_"))
+                dare = lambda: darex_ext.dare(src, base, p, seed=SEED, out=base, mask=mask)  # noqa: E731
+                _, t, r = paired(lambda: base.add_(src), dare, nop, repeat, rounds, device)
+                _, _, r_lines = paired(lambda: base_l.add_(src_l), dare, nop, repeat, rounds, device)
                 rows.append((name, p, f"dare(out=base) mask={mask}", t,
-                             f"{add / t:.2f}x base.add_; {rmw2_lines / t:.2f} of the lines ceiling"))
-                t = best_time(lambda: darex_ext.keep_mask(mask_out, p, seed=SEED, mask=mask), nop, repeat, device)
-                rows.append((name, p, f"keep_mask mask={mask}", t, f"{new_fill / t:.2f} of a new filled mask"))
+                             f"{r:.2f}x base.add_; {r_lines:.2f} of the lines ceiling"))
+                new_mask = lambda: torch.ones(numel, dtype=torch.bool, device=device)  # noqa: E731
+                _, t, r = paired(new_mask, lambda: darex_ext.keep_mask(mask_out, p, seed=SEED, mask=mask), nop,
+                                 repeat, rounds, device)
+                rows.append((name, p, f"keep_mask mask={mask}", t, f"{r:.2f} of a new filled mask"))
                 sd = storage.compress_dare(src, p, seed=SEED, mask=mask)
-                t = best_time(lambda: sd.add_to_(base), nop, repeat, device)
+                _, t, r = paired(lambda: base.add_(src), lambda: sd.add_to_(base), nop, repeat, rounds, device)
+                _, _, r_lines = paired(lambda: base_l.add_(1.0), lambda: sd.add_to_(base), nop, repeat, rounds, device)
                 rows.append((name, p, f"seeded add_to_ mask={mask}", t,
-                             f"{add / t:.2f}x dense add; {rmw_lines / t:.2f} of the lines ceiling"))
+                             f"{r:.2f}x dense add; {r_lines:.2f} of the lines ceiling"))
                 t = best_time(lambda: sd.to_dense(), nop, repeat, device)
                 rows.append((name, p, f"seeded to_dense mask={mask}", t, f"{new_zeros / t:.2f} of a new zeroed tensor"))
             t = best_time(lambda: x.mul_(torch.bernoulli(torch.full_like(x, keep))).div_(keep), refill, repeat, device)
@@ -117,6 +166,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--p", default="0.99,0.5")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per target ratio (median)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -124,14 +174,18 @@ def main(argv=None) -> int:
     ps = [float(v) for v in args.p.split(",")]
     print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
     print(f"cpu: {cpu_model()} ({os.cpu_count()} logical cpus), torch threads: {torch.get_num_threads()}")
-    print(f"torch {torch.__version__}, python {platform.python_version()}, numel {args.numel}, best of {args.repeat}")
+    print(f"torch {torch.__version__}, python {platform.python_version()}, numel {args.numel}, best of {args.repeat}, "
+          f"ratios: median of {args.rounds} interleaved rounds")
     print(f"command: python benchmarks/bench_mask_v2.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    if device.type == "cpu":
+        print(f"walk speed-up on {torch.get_num_threads()} threads over 1: {thread_speedup(args.repeat):.2f}x "
+              "(compute-bound; well under the thread count when the VM's vCPUs share physical cores)")
     print()
     print("| dtype | p | method | best ms | ratio |")
     print("| --- | --- | --- | ---: | --- |")
     if device.type == "cuda":
         print(f"gpu: {torch.cuda.get_device_name(device)}")
-    for dtype, p, method, t, ratio in run(args.numel, dtypes, ps, args.repeat, device):
+    for dtype, p, method, t, ratio in run(args.numel, dtypes, ps, args.repeat, args.rounds, device):
         print(f"| {dtype} | {p} | {method} | {t * 1e3:.2f} | {ratio or ''} |")
     return 0
 
