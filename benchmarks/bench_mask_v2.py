@@ -7,7 +7,7 @@ the same tensor in the same process:
 - `prune_` vs the write ceiling: the faster of `zero_()` and `mul_(c)`;
 - `dare(out=base)` vs `base.add_(delta)`;
 - seeded `SparseDelta.add_to_` vs a dense `base.add_(dense)`;
-- `keep_mask` vs a fill of a bool tensor of the same size;
+- `keep_mask` vs a new filled bool tensor of the same size, and the same on huge pages;
 - `dare(out=base)` and `add_to_` also against the scattered-lines ceiling: a read-modify-write of
   as many cache lines as hold a kept element, evenly spaced (the least any kept-only op moves);
 - and every fused op with mask="philox" (spec v1) for comparison.
@@ -41,6 +41,7 @@ import darex_ext
 from darex_ext import storage
 from darex_ext.apps.bench import cpu_model
 from darex_ext.ops import keep_count
+from darex_ext.ops.huge_pages import HUGE_PAGE, advise_huge_pages, huge_pages_on
 
 SEED = 1234
 
@@ -61,6 +62,16 @@ def best_time(call, reset, repeat: int, device: torch.device) -> float:
         _sync(device)
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def new_filled_on_huge_pages(numel: int, device: torch.device) -> torch.Tensor | None:
+    """torch.ones(numel, bool) on memory advised to use huge pages before the fill, as darex_ext's
+    new outputs of 32 MiB or more are: the like-for-like ceiling of keep_mask. None where the
+    advice cannot be given (not Linux, not the CPU, DAREX_HUGE_PAGES=0)."""
+    if device.type != "cpu":
+        return None
+    t = torch.empty(numel, dtype=torch.bool)
+    return t.fill_(True) if numel < HUGE_PAGE or advise_huge_pages(t) else None
 
 
 def paired(ceiling, op, reset, repeat: int, rounds: int, device: torch.device) -> tuple[float, float, float]:
@@ -105,13 +116,18 @@ def run(numel: int, dtypes: list[torch.dtype], ps: list[float], repeat: int, rou
         add = best_time(lambda: base.add_(src), nop, repeat, device)
         fill = best_time(lambda: mask_out.fill_(True), nop, repeat, device)
         # keep_mask and to_dense return new tensors: their ceilings allocate too (first-touch
-        # page faults are most of a fresh tensor's cost on this VM)
+        # page faults are most of a fresh tensor's cost on this VM). keep_mask's output, like
+        # every new darex_ext output of 32 MiB or more, is advised to use huge pages, so it is
+        # also set against a new mask filled on huge pages.
         new_fill = best_time(lambda: torch.ones(numel, dtype=torch.bool, device=device), nop, repeat, device)
+        new_fill_huge = (best_time(lambda: new_filled_on_huge_pages(numel, device), nop, repeat, device)
+                         if device.type == "cpu" and huge_pages_on() else None)
         new_zeros = best_time(lambda: torch.zeros(numel, dtype=dtype, device=device), nop, repeat, device)
         name = str(dtype).replace("torch.", "")
         rows += [(name, "-", "ceiling: zero_()", zero, None), (name, "-", "ceiling: mul_(2.0)", mul, None),
                  (name, "-", "ceiling: base.add_(delta)", add, None), (name, "-", "ceiling: bool fill_", fill, None),
                  (name, "-", "ceiling: torch.ones(bool), new", new_fill, None),
+                 *([(name, "-", "ceiling: the same on huge pages", new_fill_huge, None)] if new_fill_huge else []),
                  (name, "-", "ceiling: torch.zeros, new", new_zeros, None)]
         for p in ps:
             keep = 1.0 - p
@@ -145,9 +161,14 @@ def run(numel: int, dtypes: list[torch.dtype], ps: list[float], repeat: int, rou
                 rows.append((name, p, f"dare(out=base) mask={mask}", t,
                              f"{r:.2f}x base.add_; {r_lines:.2f} of the lines ceiling"))
                 new_mask = lambda: torch.ones(numel, dtype=torch.bool, device=device)  # noqa: E731
-                _, t, r = paired(new_mask, lambda: darex_ext.keep_mask(mask_out, p, seed=SEED, mask=mask), nop,
-                                 repeat, rounds, device)
-                rows.append((name, p, f"keep_mask mask={mask}", t, f"{r:.2f} of a new filled mask"))
+                keep_mask = lambda: darex_ext.keep_mask(mask_out, p, seed=SEED, mask=mask)  # noqa: E731
+                _, t, r = paired(new_mask, keep_mask, nop, repeat, rounds, device)
+                ratio = f"{r:.2f} of a new filled mask"
+                if new_fill_huge is not None:
+                    _, _, r_huge = paired(lambda: new_filled_on_huge_pages(numel, device), keep_mask, nop, repeat,
+                                          rounds, device)
+                    ratio += f"; {r_huge:.2f} of one on huge pages"
+                rows.append((name, p, f"keep_mask mask={mask}", t, ratio))
                 sd = storage.compress_dare(src, p, seed=SEED, mask=mask)
                 _, t, r = paired(lambda: base.add_(src), lambda: sd.add_to_(base), nop, repeat, rounds, device)
                 _, _, r_lines = paired(lambda: base_l.add_(1.0), lambda: sd.add_to_(base), nop, repeat, rounds, device)

@@ -20,6 +20,7 @@
 
 #include "../common/abs_sum.h"
 #include "../common/dare_math.h"
+#include "../ops/fresh_output.h"
 #include "../ops/prune_args.h"
 #include "inverse_q.h"
 #include "philox_fill.h"
@@ -263,7 +264,7 @@ at::Tensor keep_mask_cpu(const at::Tensor& like, double p, int64_t seed, int64_t
   check_offset(offset);
   check_mask_spec(mask_spec);
   mask_spec = effective_mask_spec(mask_spec, p);
-  at::Tensor mask = at::empty(like.sizes(), like.options().dtype(at::kBool));
+  at::Tensor mask = fresh_output(like.sizes(), like.options().dtype(at::kBool));
   const int64_t n = mask.numel();
   if (n == 0) return mask;
   bool* m = mask.data_ptr<bool>();

@@ -23,6 +23,7 @@
 #include "../common/radix_key.h"
 #include "../common/rank_mask.h"
 #include "../common/topk_keys.h"
+#include "../ops/fresh_output.h"
 #include "../ops/rank_mask_args.h"
 #include "philox_fill.h"
 
@@ -92,7 +93,7 @@ at::Tensor magnitude_rank_mask_cpu(const at::Tensor& delta, double p_lo, double 
                                    int64_t offset) {
   TORCH_CHECK(delta.device().is_cpu(), "delta must be a CPU tensor");
   const auto [rows, cols] = check_rank_mask_args(delta, p_lo, p_hi, offset);
-  at::Tensor mask = at::empty(delta.sizes(), delta.options().dtype(at::kBool));
+  at::Tensor mask = fresh_output(delta.sizes(), delta.options().dtype(at::kBool));
   if (delta.numel() == 0) return mask;
   const at::Tensor x = delta.contiguous();
   bool* m = mask.data_ptr<bool>();

@@ -22,6 +22,7 @@
 #include "../common/dare_math.h"
 #include "../common/radix_key.h"
 #include "../common/topk_keys.h"
+#include "../ops/fresh_output.h"
 #include "../ops/prune_args.h"
 #include "../ops/topk_args.h"
 #include "topk_select_rows.h"
@@ -60,7 +61,7 @@ at::Tensor topk_mask_cpu(const at::Tensor& scores, int64_t k, bool largest, bool
   const auto [rows, cols] = slice_shape(scores, per_row);
   check_k(k, cols, "k");
   const at::Tensor x = scores.contiguous();
-  at::Tensor mask = at::empty(scores.sizes(), scores.options().dtype(at::kBool));
+  at::Tensor mask = fresh_output(scores.sizes(), scores.options().dtype(at::kBool));
   bool* m = mask.data_ptr<bool>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_topk_mask_cpu", [&] {
     using U = typename ScoreBits<scalar_t>::U;

@@ -13,6 +13,7 @@
 
 #include <optional>
 
+#include "fresh_output.h"
 #include "prune_args.h"
 
 TORCH_LIBRARY_FRAGMENT(darex, m) {
@@ -38,7 +39,7 @@ at::Tensor dare_composite(const at::Tensor& finetuned, const at::Tensor& base, d
                           int64_t offset, const std::optional<at::Tensor>& q_rows, double q,
                           int64_t mask_spec) {
   mask_spec = effective_mask_spec(mask_spec, p);  // dare_out resolves it too; an invalid spec stays invalid
-  at::Tensor out = at::empty(finetuned.sizes(), finetuned.options());
+  at::Tensor out = fresh_output(finetuned.sizes(), finetuned.options());
   static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("darex::dare_out", "").typed<void(
       const at::Tensor&, const at::Tensor&, double, int64_t, int64_t, const std::optional<at::Tensor>&, double,
       at::Tensor&, int64_t)>();

@@ -7,6 +7,7 @@ import math
 import torch
 
 from ..ops import _checks, bitmask_scatter_, csr_scatter_, seeded_scatter_
+from ..ops.huge_pages import fresh_empty
 from ._validate import check_delta, label
 from .errors import FormatError
 from .formats import DTYPE_NAMES
@@ -81,7 +82,7 @@ class SparseDelta:
     def to_dense(self) -> torch.Tensor:
         """The dense delta (dropped entries exactly 0). For a seeded delta made by
         compress_dare this equals prune_ with the same arguments (mask included) bit for bit."""
-        out = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        out = fresh_empty(self.shape, self.dtype, self.device)
         self._scatter(out, self.values, 1.0, False)
         return out
 
