@@ -25,17 +25,25 @@
 namespace darex::cpu {
 namespace {
 
+// fill(src, dst, qr, inv_scalar) with x's and values' data in x's dtype, the per-row 1/q (or
+// null) and the scalar 1/q in the accumulation type: the part both pack paths share.
+template <typename F>
+void with_pack_data(const at::Tensor& x, at::Tensor& values, const std::optional<at::Tensor>& q_rows, double q,
+                    const F& fill) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_seeded_pack_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    fill(x.const_data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
+         q_rows ? q_rows->const_data_ptr<acc_t>() : nullptr, inverse_q<acc_t>(static_cast<acc_t>(q)));
+  });
+}
+
 // Spec v2 with keep rare: the kept values gathered from one stripe walk (RareList), O(kept).
 at::Tensor seeded_pack_kept_only(const at::Tensor& x, double p, int64_t seed, int64_t offset,
                                  const std::optional<at::Tensor>& q_rows, double q, int64_t row_len) {
   const RareList kept(SkipPlan(p), static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), x.numel());
   at::Tensor values = at::empty({kept.total()}, x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_seeded_pack_cpu", [&] {
-    using acc_t = acc_of<scalar_t>;
-    const scalar_t* src = x.const_data_ptr<scalar_t>();
-    scalar_t* dst = values.data_ptr<scalar_t>();
-    const acc_t* qr = q_rows ? q_rows->const_data_ptr<acc_t>() : nullptr;
-    const acc_t inv_scalar = inverse_q<acc_t>(static_cast<acc_t>(q));
+  with_pack_data(x, values, q_rows, q, [&](const auto* src, auto* dst, const auto* qr, auto inv_scalar) {
+    using acc_t = decltype(inv_scalar);
     struct None {};
     const auto ahead = [&](int64_t begin, const uint16_t* pos, int32_t k) {
       for (int32_t j = 0; j < k; ++j) __builtin_prefetch(src + begin + pos[j], 0, 3);
@@ -62,12 +70,8 @@ at::Tensor seeded_pack_cpu(const at::Tensor& delta, double p, int64_t seed, int6
   if (mask_spec == kMaskSkip && p > 1.0 - kSkipWalkMaxRho) return seeded_pack_kept_only(x, p, seed, offset, q_rows, q, row_len);
   const KeepPlan plan = plan_keep_spec(mask_spec, p, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), n);
   at::Tensor values = at::empty({plan.total()}, delta.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "darex_seeded_pack_cpu", [&] {
-    using acc_t = acc_of<scalar_t>;
-    const scalar_t* src = x.const_data_ptr<scalar_t>();
-    scalar_t* dst = values.data_ptr<scalar_t>();
-    const acc_t* qr = q_rows ? q_rows->const_data_ptr<acc_t>() : nullptr;
-    const acc_t inv_scalar = inverse_q<acc_t>(static_cast<acc_t>(q));
+  with_pack_data(x, values, q_rows, q, [&](const auto* src, auto* dst, const auto* qr, auto inv_scalar) {
+    using acc_t = decltype(inv_scalar);
     at::parallel_for(0, plan.chunks(), 1, [&](int64_t c0, int64_t c1) {
       InverseQ<acc_t> inv{qr, row_len, inv_scalar};
       for (int64_t c = c0; c < c1; ++c) {
