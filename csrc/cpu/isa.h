@@ -9,7 +9,8 @@
 //      #define DAREX_ISA_SPANS "prune_spans.inc"
 //      #include "isa.h"
 //    compiles that file into darex::cpu::(anonymous)::isa_{base,avx2,avx512}; DAREX_ISA_CALL(fn,
-//    args...) then calls fn of the running ISA. This part has no include guard on purpose.
+//    args...) then calls fn of the running ISA (DAREX_ISA_CALL_RESULT(out, fn, args...) keeps
+//    its result). This part has no include guard on purpose.
 #ifndef DAREX_CPU_ISA_H
 #define DAREX_CPU_ISA_H
 
@@ -56,8 +57,18 @@ const char* isa_name(Isa isa);
       default: isa_base::FN(__VA_ARGS__);                                       \
     }                                                                           \
   } while (0)
+// The same, storing FN's result in OUT.
+#define DAREX_ISA_CALL_RESULT(OUT, FN, ...)                                            \
+  do {                                                                                 \
+    switch (::darex::cpu::active_isa()) {                                              \
+      case ::darex::cpu::Isa::kAvx512: (OUT) = isa_avx512::FN(__VA_ARGS__); break;    \
+      case ::darex::cpu::Isa::kAvx2: (OUT) = isa_avx2::FN(__VA_ARGS__); break;        \
+      default: (OUT) = isa_base::FN(__VA_ARGS__);                                      \
+    }                                                                                  \
+  } while (0)
 #else
 #define DAREX_ISA_CALL(FN, ...) isa_base::FN(__VA_ARGS__)
+#define DAREX_ISA_CALL_RESULT(OUT, FN, ...) ((OUT) = isa_base::FN(__VA_ARGS__))
 #endif
 
 #endif  // DAREX_CPU_ISA_H
@@ -66,20 +77,28 @@ const char* isa_name(Isa isa);
 // Internal linkage: loop files of different kernels may share helper names.
 namespace darex::cpu {
 namespace {
+// DAREX_SPANS_AVX512 tells a loop file which copy it is in (GCC does not define __AVX512BW__ and
+// friends inside a `#pragma GCC target` region), for the few loops written with intrinsics.
 namespace isa_base {
+#define DAREX_SPANS_AVX512 0
 #include DAREX_ISA_SPANS
+#undef DAREX_SPANS_AVX512
 }  // namespace isa_base
 #if DAREX_ISA_REGIONS
 namespace isa_avx2 {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
+#define DAREX_SPANS_AVX512 0
 #include DAREX_ISA_SPANS
+#undef DAREX_SPANS_AVX512
 #pragma GCC pop_options
 }  // namespace isa_avx2
 namespace isa_avx512 {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
+#define DAREX_SPANS_AVX512 1
 #include DAREX_ISA_SPANS
+#undef DAREX_SPANS_AVX512
 #pragma GCC pop_options
 }  // namespace isa_avx512
 #endif

@@ -7,6 +7,8 @@
 // equals the threshold for a second, ordered pass over only the chunks that hold such elements
 // (so the lower index wins ties).
 // Per row (topk_select_rows.h): rows run in parallel, each row serially (ties ordered for free).
+#include "isa.h"  // first: its GCC 12 workaround must precede the intrinsic headers
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -25,6 +27,22 @@
 #include "../ops/fresh_output.h"
 #include "../ops/prune_args.h"
 #include "../ops/topk_args.h"
+
+#if DAREX_X86_INTRINSICS
+#include <immintrin.h>
+#endif
+
+namespace darex::cpu {
+// Keys a compaction of topk_spans.inc may write past the last one it keeps; staging buffers
+// leave room for them.
+constexpr int64_t kCompactSlack = 16;
+}  // namespace darex::cpu
+
+// The whole-tensor passes' element loops, compiled once per instruction set (topk_spans.inc);
+// before the select and write headers, which call them.
+#define DAREX_ISA_SPANS "topk_spans.inc"
+#include "isa.h"
+
 #include "topk_select_rows.h"
 #include "topk_select_tensor.h"
 #include "topk_write.h"
@@ -40,12 +58,11 @@ using topk::Selection;
 template <typename scalar_t>
 void check_no_nan(const at::Tensor& x) {
   using U = typename ScoreBits<scalar_t>::U;
-  const U* bits = reinterpret_cast<const U*>(x.data_ptr<scalar_t>());
-  const int64_t n = x.numel();
+  const AbsKeys<scalar_t> keys{reinterpret_cast<const U*>(x.data_ptr<scalar_t>())};
   std::atomic<int64_t> nans{0};
-  at::parallel_for(0, n, 1 << 16, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t b, int64_t e) {
     int64_t local = 0;
-    for (int64_t i = b; i < e; ++i) local += is_nan_bits<U>(bits[i], ScoreBits<scalar_t>::kExp);
+    DAREX_ISA_CALL_RESULT(local, count_nan_span, keys, b, e);
     nans += local;
   });
   raise_on_nan<U>(nans.load());
@@ -130,7 +147,9 @@ void magnitude_prune_cpu(at::Tensor& delta, int64_t keep, bool per_row, std::opt
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "darex_magnitude_prune_cpu", [&] {
     using U = typename ScoreBits<scalar_t>::U;
     const auto inv = inverse_of<acc_of<scalar_t>>(q);
-    check_no_nan<scalar_t>(work);
+    // A whole-tensor select counts NaN in its first pass and raises before any write; rows
+    // are written as they are selected, so a NaN in a later row must be found first.
+    if (per_row) check_no_nan<scalar_t>(work);
     scalar_t* x = work.data_ptr<scalar_t>();
     const AbsKeys<scalar_t> keys{reinterpret_cast<const U*>(x)};
     with_prune_writer<scalar_t>(x, cols, inv, [&](const auto& make_writer) {
@@ -156,8 +175,9 @@ void wanda_prune_cpu(at::Tensor& delta, const at::Tensor& act_norm, int64_t keep
     at::parallel_for(0, rows, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
       int64_t local = 0;
       for (int64_t r = r0; r < r1; ++r) {
-        const WandaKeys<scalar_t> row = keys.row(r, cols);
-        for (int64_t j = 0; j < cols; ++j) local += row.nan(j);
+        int64_t in_row = 0;
+        DAREX_ISA_CALL_RESULT(in_row, count_nan_span, keys.row(r, cols), 0, cols);
+        local += in_row;
       }
       nans += local;
     });

@@ -7,11 +7,14 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
+#include <functional>
 #include <utility>
 #include <vector>
 
 #include "../common/radix_key.h"
+#include "isa.h"  // DAREX_ISA_CALL: the span loops come from topk_spans.inc, via topk_kernel.cpp
 
 namespace darex::cpu::topk {
 // Internal linkage: these phases are included by topk_kernel.cpp alone, and GCC inlines and
@@ -123,6 +126,99 @@ Selection<U> select_serial(const Keys& keys, int64_t n, int64_t k, int64_t& nans
     }
   }
   return {prefix, k - remaining, remaining};
+}
+
+// Rows with this many elements or more, up to kRowSampleMax, are selected through a sample
+// bracket (select_row_by_sample); the bound keeps the per-thread staging buffer, a row's keys,
+// at most 512 KiB. Other rows take the radix select.
+constexpr int64_t kRowSampleMin = 2048;
+constexpr int64_t kRowSampleMax = int64_t(1) << 16;
+
+// The need-th largest of a[0, m) (1 <= need <= m) by radix passes of 8 bits over the bits in
+// which the remaining keys differ, compacting the keys of the chosen digit to the front each
+// time (a is reordered). Returns the cut with the keys above it and the ties to take. For the
+// few hundred to few thousand keys of a row's sample and bracket, where std::nth_element's
+// unpredictable branches cost several times as much.
+template <typename U>
+Selection<U> select_small(U* a, int64_t m, int64_t need) {
+  int64_t above = 0;
+  for (;;) {
+    U low = a[0], high = a[0];
+    for (int64_t j = 1; j < m; ++j) {
+      low = a[j] < low ? a[j] : low;
+      high = a[j] > high ? a[j] : high;
+    }
+    if (low == high) return {low, above, need};
+    int width = 0;  // bits below and including the highest one in which the keys differ
+    for (U diff = static_cast<U>(low ^ high); diff != 0; diff = static_cast<U>(diff >> 1)) ++width;
+    const int shift = width > 8 ? width - 8 : 0;
+    uint32_t hist[256] = {};
+    for (int64_t j = 0; j < m; ++j) ++hist[(a[j] >> shift) & 0xFF];
+    int digit = 255;
+    for (; hist[digit] < need; --digit) {
+      need -= hist[digit];
+      above += hist[digit];
+    }
+    int64_t kept = 0;
+    for (int64_t j = 0; j < m; ++j) {
+      const U key = a[j];
+      a[kept] = key;
+      kept += static_cast<int>((key >> shift) & 0xFF) == digit;
+    }
+    m = kept;
+  }
+}
+
+// Sample-guided select of one row in one thread, as select_by_sample does for a whole tensor: a
+// strided sample of a sixteenth of the keys brackets the k-th key in [lo, hi]; one vectorized
+// pass over the row (topk_spans.inc) counts the keys above hi, equal to hi and equal to lo, and
+// compacts those strictly between into `stage` (room for n + kCompactSlack keys); select_small
+// picks the cut among those few. Counts the row's NaN into `nans` (the result is then
+// meaningless). Returns false when the bracket misses; the caller then runs the radix select.
+// The radix select costs a histogram pass per digit, each clearing and merging 2048 bins, which
+// on a row of a few thousand keys cost more than the keys.
+template <typename Keys, typename U = decltype(std::declval<Keys>().key(0))>
+bool select_row_by_sample(const Keys& keys, int64_t n, int64_t k, U* stage, Selection<U>& result,
+                          int64_t& nans) {
+  constexpr int64_t kStride = 16;
+  const int64_t samples = n / kStride;
+  // Expected sample rank of the k-th largest key, +- 4.5 standard deviations and a little.
+  const double r = static_cast<double>(k) * static_cast<double>(samples) / static_cast<double>(n);
+  const double margin = 4.5 * std::sqrt(r * (1.0 - r / static_cast<double>(samples)) + 1.0) + 8.0;
+  const int64_t r_hi = static_cast<int64_t>(r - margin), r_lo = static_cast<int64_t>(r + margin);
+  // The sample twice (stage holds 2 * samples <= n keys): select_small reorders what it reads.
+  U* copy = stage + samples;
+  for (int64_t j = 0; j < samples; ++j) stage[j] = copy[j] = keys.key(j * kStride + kStride / 2);
+  const U hi = r_hi < 0 ? static_cast<U>(~U(0)) : select_small(stage, samples, r_hi + 1).threshold;
+  const U lo = r_lo >= samples ? U(0) : select_small(copy, samples, r_lo + 1).threshold;
+  int64_t counts[4] = {0, 0, 0, 0};  // above hi, == hi, == lo, NaN
+  int64_t gathered = 0;
+  // Pieces of at most 2^14 keys: bracket_span's lane counters are as narrow as the keys.
+  for (int64_t s = 0; s < n; s += int64_t(1) << 14) {
+    int64_t staged = 0;
+    DAREX_ISA_CALL_RESULT(staged, bracket_span, keys, s, std::min(n, s + (int64_t(1) << 14)), hi, lo,
+                          stage + gathered, counts);
+    gathered += staged;
+  }
+  nans += counts[3];
+  if (counts[3] != 0) return true;
+  if (lo == hi) counts[2] = 0;  // one group, counted as the ties at hi
+  int64_t need = k - counts[0];
+  if (need < 1) return false;
+  if (need <= counts[1]) {
+    result = {hi, counts[0], need};
+    return true;
+  }
+  need -= counts[1];
+  if (need <= gathered) {
+    const Selection<U> inner = select_small(stage, gathered, need);
+    result = {inner.threshold, k - inner.need_eq, inner.need_eq};
+    return true;
+  }
+  need -= gathered;
+  if (need > counts[2]) return false;
+  result = {lo, k - need, need};
+  return true;
 }
 
 }  // namespace

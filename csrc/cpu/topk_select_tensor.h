@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../common/radix_key.h"
+#include "isa.h"  // DAREX_ISA_CALL: the span loops come from topk_spans.inc, via topk_kernel.cpp
 #include "topk_select_rows.h"
 
 namespace darex::cpu::topk {
@@ -59,6 +60,12 @@ class Gather {
   std::atomic<bool> failed_{false};
 };
 
+template <typename Keys, typename U = decltype(std::declval<Keys>().key(0))>
+Selection<U> select_parallel(const Keys& keys, int64_t n, int64_t k);
+
+// Gathered keys from which their select runs on every thread.
+constexpr int64_t kParallelCollected = 1 << 17;
+
 // Sample-guided select (Floyd-Rivest style) for large tensors: a strided sample of keys brackets
 // the k-th key in [lo, hi]; ONE pass over the tensor counts the keys above hi, equal to hi and
 // equal to lo, and gathers the few strictly between; the exact radix select then runs on those
@@ -70,13 +77,26 @@ bool select_by_sample(const Keys& keys, int64_t n, int64_t k, Selection<U>& resu
   constexpr int64_t kSample = 1 << 16;
   constexpr int64_t kGrain = 1 << 16;
   if (n < 16 * kSample) return false;
+  // Every sample is a cache miss of its own: read them on all threads. Serial work here waits
+  // for the whole machine, so the two ranks are found by nth_element, not a sort.
   std::vector<U> sample(static_cast<size_t>(kSample));
-  for (int64_t j = 0; j < kSample; ++j) sample[static_cast<size_t>(j)] = keys.key(j * (n / kSample) + (n / kSample) / 2);
-  std::sort(sample.begin(), sample.end(), std::greater<U>());
+  const int64_t stride = n / kSample;
+  at::parallel_for(0, kSample, 1 << 12, [&](int64_t j0, int64_t j1) {
+    const Keys kk = keys;
+    for (int64_t j = j0; j < j1; ++j) sample[static_cast<size_t>(j)] = kk.key(j * stride + stride / 2);
+  });
   // Expected sample rank of the k-th largest key, +- 4.5 standard deviations and a little.
   const double r = static_cast<double>(k) * kSample / static_cast<double>(n);
   const double margin = 4.5 * std::sqrt(r * (1.0 - r / kSample) + 1.0) + 8.0;
   const int64_t r_hi = static_cast<int64_t>(r - margin), r_lo = static_cast<int64_t>(r + margin);
+  // Descending order at ranks r_lo, then r_hi (those before r_lo are the larger ones).
+  const auto first = sample.begin();
+  int64_t larger = kSample;
+  if (r_lo < kSample) {
+    std::nth_element(first, first + r_lo, sample.end(), std::greater<U>());
+    larger = r_lo;
+  }
+  if (r_hi >= 0) std::nth_element(first, first + r_hi, first + larger, std::greater<U>());
   const U hi = r_hi < 0 ? static_cast<U>(~U(0)) : sample[static_cast<size_t>(r_hi)];
   const U lo = r_lo >= kSample ? U(0) : sample[static_cast<size_t>(r_lo)];
   sample = std::vector<U>();
@@ -92,52 +112,18 @@ bool select_by_sample(const Keys& keys, int64_t n, int64_t k, Selection<U>& resu
       at_lo(static_cast<size_t>(threads)), nans(static_cast<size_t>(threads));
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
     const size_t t = static_cast<size_t>(at::get_thread_num());
-    std::unique_ptr<U[]> stage(new U[static_cast<size_t>(kGatherSpan)]);
-    int64_t up = 0, eq_hi = 0, eq_lo = 0, bad = 0;
-    // Locals, so the compiler need not reload them around the staging stores.
-    const Keys kk = keys;
-    const U top = hi, bottom = lo;
+    std::unique_ptr<U[]> stage(new U[static_cast<size_t>(kGatherSpan + kCompactSlack)]);
+    int64_t counts[4] = {0, 0, 0, 0};  // above hi, == hi, == lo, NaN
     for (int64_t span = begin; span < end; span += kGatherSpan) {
       const int64_t span_end = std::min(end, span + kGatherSpan);
       int64_t staged = 0;
-      // Small blocks: a branch-free loop the compiler vectorizes computes the keys and the
-      // counts; only blocks that hold a candidate (a minority, at 32 keys per block) run the
-      // branch-free scalar compaction into the staging block.
-      constexpr int64_t kBlock = 32;
-      U block[kBlock];
-      for (int64_t s = span; s < span_end; s += kBlock) {
-        const int64_t m = std::min(kBlock, span_end - s);
-        // Block counters as wide as the keys (a block's counts fit): the loop stays in the
-        // keys' vector lanes instead of widening every compare to 64 bits.
-        U b_bad = 0, b_up = 0, b_hi = 0, b_lo = 0, in = 0;
-        for (int64_t j = 0; j < m; ++j) {
-          const U key = kk.key(s + j);
-          block[j] = key;
-          b_bad += kk.nan(s + j);
-          b_up += key > top;
-          b_hi += key == top;
-          b_lo += key == bottom;
-          in += (key > bottom) & (key < top);
-        }
-        bad += b_bad;
-        up += b_up;
-        eq_hi += b_hi;
-        eq_lo += b_lo;
-        if (in == 0) continue;
-        U* dst = stage.get() + staged;
-        int64_t c = 0;
-        for (int64_t j = 0; j < m; ++j) {
-          dst[c] = block[j];
-          c += (block[j] > bottom) & (block[j] < top);
-        }
-        staged += c;
-      }
+      DAREX_ISA_CALL_RESULT(staged, bracket_span, keys, span, span_end, hi, lo, stage.get(), counts);
       if (!inside.append(stage.get(), staged)) break;  // too many: the result is discarded
     }
-    above[t] += up;
-    at_hi[t] += eq_hi;
-    at_lo[t] += eq_lo;
-    nans[t] += bad;
+    above[t] += counts[0];
+    at_hi[t] += counts[1];
+    at_lo[t] += counts[2];
+    nans[t] += counts[3];
   });
   if (inside.failed()) return false;  // NaN, if any, is raised by the fallback's first pass
   int64_t nan_count = 0, count_above = 0, count_hi = 0, count_lo = 0;
@@ -159,8 +145,11 @@ bool select_by_sample(const Keys& keys, int64_t n, int64_t k, Selection<U>& resu
   need -= count_hi;
   const int64_t gathered = inside.size();
   if (need <= gathered) {
+    // Many gathered keys (low-precision scores, wide brackets) are selected on every thread.
+    const CollectedKeys<U> collected{inside.data()};
     int64_t no_nans = 0;
-    const Selection<U> inner = select_serial(CollectedKeys<U>{inside.data()}, gathered, need, no_nans);
+    const Selection<U> inner = gathered >= kParallelCollected ? select_parallel(collected, gathered, need)
+                                                              : select_serial(collected, gathered, need, no_nans);
     result = {inner.threshold, k - inner.need_eq, inner.need_eq};
     return true;
   }
@@ -195,7 +184,7 @@ void gather_prefix(const Keys& keys, int64_t n, int passes, U prefix, Gather<U>&
 // Parallel radix select over a whole tensor. Pass 0 histograms everything; pass 1 then gathers
 // the keys that share the chosen top digit into a small buffer (when they are at most n / 64)
 // so the remaining passes never touch the tensor again.
-template <typename Keys, typename U = decltype(std::declval<Keys>().key(0))>
+template <typename Keys, typename U>
 Selection<U> select_parallel(const Keys& keys, int64_t n, int64_t k) {
   constexpr int64_t kGrain = 1 << 16;
   if (Selection<U> sel; select_by_sample(keys, n, k, sel)) return sel;

@@ -7,8 +7,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
+#include "isa.h"  // DAREX_ISA_CALL: the span loops come from topk_spans.inc, via topk_kernel.cpp
 #include "topk_select_rows.h"
 #include "topk_select_tensor.h"
 
@@ -20,24 +22,26 @@ namespace {
 
 // Writes the selection over a whole tensor: write(i, selected) for every i, over fixed chunks.
 // A chunk without elements tied at the threshold is written at once (its second scan hits
-// cache); a chunk with ties is left untouched and written by an ordered second pass that knows
-// how many ties precede it, so the lowest indices win. Deferring whole chunks matters for
-// in-place writers: a written element's new value must never be re-read as a key.
+// cache); a chunk with ties is left untouched and written by a second pass that knows how many
+// ties precede it, so the lowest indices win. Deferring whole chunks matters for in-place
+// writers: a written element's new value must never be re-read as a key. The ties taken are a
+// prefix in index order, so every deferred chunk but the one holding the last tie taken is
+// written by a plain vectorizable compare (key >= threshold before it, key > threshold after
+// it); low-precision scores tie in every chunk, so this second pass is often the whole tensor.
 template <typename Keys, typename Write, typename U>
 void write_parallel(const Keys& keys, int64_t n, const Selection<U>& sel, const Write& write) {
   constexpr int64_t kChunk = 1 << 14;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
+  const U threshold = sel.threshold;
+  const int64_t need_eq = sel.need_eq;
   std::vector<int64_t> ties(static_cast<size_t>(chunks));
   at::parallel_for(0, chunks, 4, [&](int64_t c0, int64_t c1) {
-    const Keys kk = keys;
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t begin = c * kChunk, end = std::min(n, begin + kChunk);
       int64_t count = 0;
-      for (int64_t i = begin; i < end; ++i) count += kk.key(i) == sel.threshold;
+      DAREX_ISA_CALL_RESULT(count, count_ties_span, keys, begin, end, threshold);
       ties[static_cast<size_t>(c)] = count;
-      if (count == 0) {
-        for (int64_t i = begin; i < end; ++i) write(i, kk.key(i) > sel.threshold);
-      }
+      if (count == 0) DAREX_ISA_CALL(write_cut_span, keys, begin, end, threshold, false, write);
     }
   });
   std::vector<int64_t> before(static_cast<size_t>(chunks));
@@ -47,27 +51,51 @@ void write_parallel(const Keys& keys, int64_t n, const Selection<U>& sel, const 
     running += ties[static_cast<size_t>(c)];
   }
   at::parallel_for(0, chunks, 4, [&](int64_t c0, int64_t c1) {
+    const Keys kk = keys;
     for (int64_t c = c0; c < c1; ++c) {
-      if (ties[static_cast<size_t>(c)] == 0) continue;
-      const Keys kk = keys;
+      const int64_t count = ties[static_cast<size_t>(c)];
+      if (count == 0) continue;
+      const int64_t begin = c * kChunk, end = std::min(n, begin + kChunk);
       int64_t rank = before[static_cast<size_t>(c)];
-      for (int64_t i = c * kChunk, end = std::min(n, (c + 1) * kChunk); i < end; ++i) {
-        const U key = kk.key(i);
-        write(i, key > sel.threshold || (key == sel.threshold && rank++ < sel.need_eq));
+      if (rank + count <= need_eq || rank >= need_eq) {
+        DAREX_ISA_CALL(write_cut_span, keys, begin, end, threshold, rank < need_eq, write);
+      } else {
+        for (int64_t i = begin; i < end; ++i) {
+          const U key = kk.key(i);
+          write(i, key > threshold || (key == threshold && rank++ < need_eq));
+        }
       }
     }
   });
 }
 
-// One slice, serially, in index order: ties resolved as they come.
+// One slice in one thread. The ties taken are the first need_eq in index order: a vectorized
+// count finds the block where they end, then two plain compares write the slice (>= threshold
+// before that point, > after it). Every key is read before any write, and each element is
+// written once, so in-place writers are safe.
 template <typename Keys, typename Write, typename U>
 void write_serial(const Keys& keys, int64_t n, const Selection<U>& sel, const Write& write) {
-  int64_t taken = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const U key = keys.key(i);
-    const bool eq = key == sel.threshold;
-    write(i, key > sel.threshold || (eq && taken++ < sel.need_eq));
+  const U threshold = sel.threshold;
+  int64_t taken_end = 0;  // one past the last tie taken
+  if (sel.need_eq > 0) {
+    constexpr int64_t kStep = 256;
+    int64_t seen = 0, i = 0;
+    for (; i < n; i += kStep) {
+      int64_t c = 0;
+      DAREX_ISA_CALL_RESULT(c, count_ties_span, keys, i, std::min(n, i + kStep), threshold);
+      if (seen + c >= sel.need_eq) break;
+      seen += c;
+    }
+    for (; i < n; ++i) {
+      if (keys.key(i) == threshold && ++seen == sel.need_eq) {
+        taken_end = i + 1;
+        break;
+      }
+    }
+    TORCH_INTERNAL_ASSERT(taken_end > 0, "top-k write: fewer ties than selected");
   }
+  DAREX_ISA_CALL(write_cut_span, keys, 0, taken_end, threshold, true, write);
+  DAREX_ISA_CALL(write_cut_span, keys, taken_end, n, threshold, false, write);
 }
 
 // Selects k per slice and writes it. make_keys(row) gives the key source of a row (row 0 for the
@@ -95,12 +123,20 @@ void select_and_write(int64_t rows, int64_t cols, int64_t k, bool per_row, const
   }
   if (cols == 0) return;
   std::vector<int64_t> row_nans(static_cast<size_t>(rows));
+  using U = decltype(make_keys(0).key(0));
+  const bool by_sample = cols >= kRowSampleMin && cols <= kRowSampleMax && k > 0 && k < cols;
   // Rows are independent; grain ~64K elements of work per task.
   const int64_t grain = std::max<int64_t>(1, (1 << 16) / cols);
   at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    std::unique_ptr<U[]> stage(by_sample ? new U[static_cast<size_t>(cols + kCompactSlack)] : nullptr);
     for (int64_t r = r0; r < r1; ++r) {
       const auto keys = make_keys(r);
       int64_t nans = 0;
+      if (Selection<U> sel; by_sample && select_row_by_sample(keys, cols, k, stage.get(), sel, nans)) {
+        row_nans[static_cast<size_t>(r)] = nans;
+        if (nans == 0) write_serial(keys, cols, sel, make_write(r));
+        continue;
+      }
       if (k == 0 || k == cols) {
         for (int64_t j = 0; j < cols; ++j) nans += keys.nan(j);
         row_nans[static_cast<size_t>(r)] = nans;
