@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "../common/dare_math.h"
+#include "../ops/fresh_output.h"
 #include "../ops/storage_args.h"
 #include "scatter_bits.h"
 #include "storage_common.h"
@@ -39,7 +40,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bitmask_pack_cpu(const at::Tensor
       ro[r] = total;
       total += counts[r];
     }
-    values = at::empty({total}, dense.options());
+    values = fresh_output({total}, dense.options());
     scalar_t* dst = values.data_ptr<scalar_t>();
     at::parallel_for(0, v.rows, row_grain(v.cols), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {

@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "../common/dare_math.h"
+#include "../ops/fresh_output.h"
 #include "../ops/storage_args.h"
 #include "storage_common.h"
 
@@ -35,8 +36,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_pack_cpu(const at::Tensor& de
     cr[0] = 0;
     for (int64_t r = 0; r < v.rows; ++r) cr[r + 1] = cr[r] + counts[r];
     const int64_t nnz = cr[v.rows];
-    values = at::empty({nnz}, dense.options());
-    col = at::empty({nnz}, dense.options().dtype(column_dtype(v.cols)));
+    values = fresh_output({nnz}, dense.options());
+    col = fresh_output({nnz}, dense.options().dtype(column_dtype(v.cols)));
     scalar_t* dst = values.data_ptr<scalar_t>();
     dispatch_column_type(col.scalar_type(), [&](auto tag) {
       using index_t = decltype(tag);

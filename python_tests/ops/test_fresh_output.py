@@ -1,5 +1,5 @@
-"""New outputs of 32 MiB or more (keep_mask, dare, topk_mask, magnitude_rank_mask and
-SparseDelta.to_dense) are advised to use transparent huge pages on Linux, smaller ones are not,
+"""New outputs of 32 MiB or more (keep_mask, dare, topk_mask, magnitude_rank_mask,
+SparseDelta.to_dense, the bitmask and CSR packs' values) are advised to use transparent huge pages on Linux, smaller ones are not,
 DAREX_HUGE_PAGES=0 turns it off, and the values never depend on it."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not os.path.isdir("/sys/kernel/mm/transparent_hu
 # (MADV_HUGEPAGE) flag in /proc/self/smaps, and a digest of the values.
 CHILD = textwrap.dedent("""
     import hashlib, json, re, sys, torch, darex_ext
-    from darex_ext import storage
+    from darex_ext import ops, storage
     from darex_ext.ops.rank_mask import magnitude_rank_mask
 
     def advised(t):
@@ -44,6 +44,9 @@ CHILD = textwrap.dedent("""
         "topk_mask": darex_ext.topk_mask(ft.repeat(4), n // 100),  # a bool mask of 4n elements
         "rank_mask": magnitude_rank_mask(ft.repeat(4).view(1024, -1), 0.8, 0.95, seed=3),
         "to_dense": storage.compress_dare(ft, 0.9, seed=3).to_dense(),  # allocated in Python
+        "bitmask_values": ops.bitmask_pack(ft)[0],  # randn has no zeros: n values
+        "csr_values": ops.csr_pack(ft)[2],
+        "csr_columns": ops.csr_pack(ft)[1],  # one row of n columns: 4-byte indices
     }
     print(json.dumps({name: [advised(t), digest(t)] for name, t in outs.items()}))
 """)
