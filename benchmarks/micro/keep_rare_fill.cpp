@@ -13,6 +13,8 @@
 //   plain_runs  memset the runs between kept elements, rewrite each kept element (prune_'s
 //               in-place path)
 //   rmw_all     a vector read-modify-write of every line (mul_)
+//   clzero_all  CLZERO every line (AMD only: zeroes a line without reading it)
+//   clz_mixed   kept lines rewritten in place, the other lines CLZERO'd
 // Rounds are interleaved and the best of each pattern is printed; nt_zero + read_kept is what
 // nt_stage would cost if reads and streaming stores overlapped freely.
 #include <immintrin.h>
@@ -72,7 +74,7 @@ double run(const Setup& su, int pattern) {
     for (int64_t s = sb; s < se; ++s) {
       char* xs = su.x + s * bytes;
       const auto& k = su.kept[static_cast<size_t>(s)];
-      if ((pattern == 1 || pattern == 2) && s + 4 < se)
+      if ((pattern == 1 || pattern == 2 || pattern == 6) && s + 4 < se)
         for (int32_t j : su.kept[static_cast<size_t>(s + 4)]) __builtin_prefetch(su.x + (s + 4) * bytes + j * esz, 0, 2);
       switch (pattern) {
         case 0:
@@ -99,6 +101,28 @@ double run(const Setup& su, int pattern) {
           std::memset(xs + prev * esz, 0, static_cast<size_t>((kStripe - prev) * esz));
           break;
         }
+#ifdef __CLZERO__
+        case 5:
+          for (int64_t l = 0; l < bytes; l += 64) _mm_clzero(xs + l);
+          break;
+        case 6: {
+          size_t q = 0;
+          const int64_t per = 64 / esz;
+          for (int64_t l = 0; l < bytes; l += 64) {
+            const int64_t first = l / esz;
+            if (q < k.size() && k[q] < first + per) {
+              uint64_t keep_bytes = 0;
+              for (; q < k.size() && k[q] < first + per; ++q)
+                keep_bytes |= ((uint64_t{1} << esz) - 1) << ((k[q] - first) * esz);
+              const __m512i v = _mm512_load_si512(xs + l);
+              _mm512_store_si512(reinterpret_cast<__m512i*>(xs + l), _mm512_maskz_mov_epi8(keep_bytes, _mm512_add_epi8(v, v)));
+            } else {
+              _mm_clzero(xs + l);
+            }
+          }
+          break;
+        }
+#endif
         default:
           for (int64_t l = 0; l < bytes; l += 64) {
             const __m512i v = _mm512_load_si512(xs + l);
@@ -133,14 +157,19 @@ int main(int argc, char** argv) {
       last_line = line;
     }
   }
-  const char* names[] = {"nt_zero", "read_kept", "nt_stage", "plain_runs", "rmw_all"};
-  double best[5];
-  std::fill(best, best + 5, 1e300);
+  const char* names[] = {"nt_zero", "read_kept", "nt_stage", "plain_runs", "rmw_all", "clzero_all", "clz_mixed"};
+#ifdef __CLZERO__
+  constexpr int kPatterns = 7;
+#else
+  constexpr int kPatterns = 5;
+#endif
+  double best[7];
+  std::fill(best, best + 7, 1e300);
   for (int round = 0; round < 8; ++round)
-    for (int p = 0; p < 5; ++p) best[p] = std::min(best[p], run(su, p));
+    for (int p = 0; p < kPatterns; ++p) best[p] = std::min(best[p], run(su, p));
   std::printf("numel 2^26, element %d bytes, keep %.2f, lines holding a kept element %.1f%%, threads %d\n",
               su.esz, kKeep, 100.0 * kept_lines / (kNumel * su.esz / 64), omp_get_max_threads());
-  for (int p = 0; p < 5; ++p) std::printf("%-11s %7.2f ms\n", names[p], best[p]);
+  for (int p = 0; p < kPatterns; ++p) std::printf("%-11s %7.2f ms\n", names[p], best[p]);
   std::printf("%-11s %7.2f ms\n", "nt_zero + read_kept", best[0] + best[1]);
   std::free(su.x);
   return 0;
