@@ -169,56 +169,78 @@ Selection<U> select_small(U* a, int64_t m, int64_t need) {
   }
 }
 
+// The ends of the bracket a strided sample gives the k-th largest of n keys: the sample keys
+// at the expected rank, +- 4.5 standard deviations and a little (all keys above or below when
+// that rank is out of the sample). `sample` holds `samples` keys and is reordered; `scratch`
+// has room for as many. Shared by the whole-tensor and the per-row select.
+template <typename U>
+struct Bracket {
+  U hi, lo;
+  int64_t width;  // sample ranks between the ends
+};
+template <typename U>
+Bracket<U> bracket_from_sample(U* sample, U* scratch, int64_t samples, int64_t k, int64_t n) {
+  const double r = static_cast<double>(k) * static_cast<double>(samples) / static_cast<double>(n);
+  const double margin = 4.5 * std::sqrt(r * (1.0 - r / static_cast<double>(samples)) + 1.0) + 8.0;
+  const int64_t r_hi = static_cast<int64_t>(r - margin), r_lo = static_cast<int64_t>(r + margin);
+  std::copy(sample, sample + samples, scratch);  // select_small reorders what it reads
+  const U hi = r_hi < 0 ? static_cast<U>(~U(0)) : select_small(sample, samples, r_hi + 1).threshold;
+  const U lo = r_lo >= samples ? U(0) : select_small(scratch, samples, r_lo + 1).threshold;
+  return {hi, lo, std::min(r_lo, samples) - std::max<int64_t>(r_hi, 0)};
+}
+
+// Where the k-th largest key falls after one pass over a bracket [lo, hi]: among the keys equal
+// to hi, the `gathered` ones strictly between (select_inside(need) selects among those), or the
+// keys equal to lo. False when the bracket missed it.
+template <typename U, typename SelectInside>
+bool resolve_bracket(const Bracket<U>& b, int64_t k, int64_t above, int64_t at_hi, int64_t gathered, int64_t at_lo,
+                     const SelectInside& select_inside, Selection<U>& result) {
+  if (b.lo == b.hi) at_lo = 0;  // one group, counted as the ties at hi
+  int64_t need = k - above;
+  if (need < 1) return false;
+  if (need <= at_hi) {
+    result = {b.hi, above, need};
+    return true;
+  }
+  need -= at_hi;
+  if (need <= gathered) {
+    const Selection<U> inner = select_inside(need);
+    result = {inner.threshold, k - inner.need_eq, inner.need_eq};
+    return true;
+  }
+  need -= gathered;
+  if (need > at_lo) return false;
+  result = {b.lo, k - need, need};
+  return true;
+}
+
 // Sample-guided select of one row in one thread, as select_by_sample does for a whole tensor: a
-// strided sample of a sixteenth of the keys brackets the k-th key in [lo, hi]; one vectorized
-// pass over the row (topk_spans.inc) counts the keys above hi, equal to hi and equal to lo, and
-// compacts those strictly between into `stage` (room for n + kCompactSlack keys); select_small
-// picks the cut among those few. Counts the row's NaN into `nans` (the result is then
-// meaningless). Returns false when the bracket misses; the caller then runs the radix select.
-// The radix select costs a histogram pass per digit, each clearing and merging 2048 bins, which
-// on a row of a few thousand keys cost more than the keys.
+// strided sample of a sixteenth of the keys brackets the k-th key; one vectorized pass over the
+// row (topk_spans.inc) counts the keys above hi, equal to hi and equal to lo, and compacts those
+// strictly between into `stage` (room for n + kCompactSlack keys); select_small picks the cut
+// among those few. Counts the row's NaN into `nans` (the result is then meaningless). Returns
+// false when the bracket misses; the caller then runs the radix select, whose histogram pass
+// per digit (clearing and merging 2048 bins) costs more than the keys of a row this short.
 template <typename Keys, typename U = decltype(std::declval<Keys>().key(0))>
 bool select_row_by_sample(const Keys& keys, int64_t n, int64_t k, U* stage, Selection<U>& result,
                           int64_t& nans) {
   constexpr int64_t kStride = 16;
   const int64_t samples = n / kStride;
-  // Expected sample rank of the k-th largest key, +- 4.5 standard deviations and a little.
-  const double r = static_cast<double>(k) * static_cast<double>(samples) / static_cast<double>(n);
-  const double margin = 4.5 * std::sqrt(r * (1.0 - r / static_cast<double>(samples)) + 1.0) + 8.0;
-  const int64_t r_hi = static_cast<int64_t>(r - margin), r_lo = static_cast<int64_t>(r + margin);
-  // The sample twice (stage holds 2 * samples <= n keys): select_small reorders what it reads.
-  U* copy = stage + samples;
-  for (int64_t j = 0; j < samples; ++j) stage[j] = copy[j] = keys.key(j * kStride + kStride / 2);
-  const U hi = r_hi < 0 ? static_cast<U>(~U(0)) : select_small(stage, samples, r_hi + 1).threshold;
-  const U lo = r_lo >= samples ? U(0) : select_small(copy, samples, r_lo + 1).threshold;
+  for (int64_t j = 0; j < samples; ++j) stage[j] = keys.key(j * kStride + kStride / 2);
+  const Bracket<U> b = bracket_from_sample(stage, stage + samples, samples, k, n);  // 2 * samples <= n
   int64_t counts[4] = {0, 0, 0, 0};  // above hi, == hi, == lo, NaN
   int64_t gathered = 0;
   // Pieces of at most 2^14 keys: bracket_span's lane counters are as narrow as the keys.
   for (int64_t s = 0; s < n; s += int64_t(1) << 14) {
     int64_t staged = 0;
-    DAREX_ISA_CALL_RESULT(staged, bracket_span, keys, s, std::min(n, s + (int64_t(1) << 14)), hi, lo,
+    DAREX_ISA_CALL_RESULT(staged, bracket_span, keys, s, std::min(n, s + (int64_t(1) << 14)), b.hi, b.lo,
                           stage + gathered, counts);
     gathered += staged;
   }
   nans += counts[3];
   if (counts[3] != 0) return true;
-  if (lo == hi) counts[2] = 0;  // one group, counted as the ties at hi
-  int64_t need = k - counts[0];
-  if (need < 1) return false;
-  if (need <= counts[1]) {
-    result = {hi, counts[0], need};
-    return true;
-  }
-  need -= counts[1];
-  if (need <= gathered) {
-    const Selection<U> inner = select_small(stage, gathered, need);
-    result = {inner.threshold, k - inner.need_eq, inner.need_eq};
-    return true;
-  }
-  need -= gathered;
-  if (need > counts[2]) return false;
-  result = {lo, k - need, need};
-  return true;
+  return resolve_bracket(b, k, counts[0], counts[1], gathered, counts[2],
+                         [&](int64_t need) { return select_small(stage, gathered, need); }, result);
 }
 
 }  // namespace

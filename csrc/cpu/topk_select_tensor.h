@@ -77,35 +77,21 @@ bool select_by_sample(const Keys& keys, int64_t n, int64_t k, Selection<U>& resu
   constexpr int64_t kSample = 1 << 16;
   constexpr int64_t kGrain = 1 << 16;
   if (n < 16 * kSample) return false;
-  // Every sample is a cache miss of its own: read them on all threads. Serial work here waits
-  // for the whole machine, so the two ranks are found by nth_element, not a sort.
-  std::vector<U> sample(static_cast<size_t>(kSample));
+  // Every sample is a cache miss of its own: read them on all threads.
+  std::vector<U> sample(static_cast<size_t>(2 * kSample));
   const int64_t stride = n / kSample;
   at::parallel_for(0, kSample, 1 << 12, [&](int64_t j0, int64_t j1) {
     const Keys kk = keys;
     for (int64_t j = j0; j < j1; ++j) sample[static_cast<size_t>(j)] = kk.key(j * stride + stride / 2);
   });
-  // Expected sample rank of the k-th largest key, +- 4.5 standard deviations and a little.
-  const double r = static_cast<double>(k) * kSample / static_cast<double>(n);
-  const double margin = 4.5 * std::sqrt(r * (1.0 - r / kSample) + 1.0) + 8.0;
-  const int64_t r_hi = static_cast<int64_t>(r - margin), r_lo = static_cast<int64_t>(r + margin);
-  // Descending order at ranks r_lo, then r_hi (those before r_lo are the larger ones).
-  const auto first = sample.begin();
-  int64_t larger = kSample;
-  if (r_lo < kSample) {
-    std::nth_element(first, first + r_lo, sample.end(), std::greater<U>());
-    larger = r_lo;
-  }
-  if (r_hi >= 0) std::nth_element(first, first + r_hi, first + larger, std::greater<U>());
-  const U hi = r_hi < 0 ? static_cast<U>(~U(0)) : sample[static_cast<size_t>(r_hi)];
-  const U lo = r_lo >= kSample ? U(0) : sample[static_cast<size_t>(r_lo)];
+  const Bracket<U> b = bracket_from_sample(sample.data(), sample.data() + kSample, kSample, k, n);
+  const U hi = b.hi, lo = b.lo;
   sample = std::vector<U>();
   const int threads = at::get_num_threads();
-  // Keys strictly inside the bracket: about (r_lo - r_hi) / kSample of n where the data near the
+  // Keys strictly inside the bracket: about b.width / kSample of n where the data near the
   // cut is spread out (fewer with ties, which are only counted); 15% and a span of slack put a
   // miss over 5 standard deviations away. At most about 2% of n (at k = n / 2), whatever the data.
-  const int64_t width = std::min(r_lo, kSample) - std::max<int64_t>(r_hi, 0);
-  const int64_t cap = static_cast<int64_t>(1.15 * static_cast<double>(width) / kSample * static_cast<double>(n)) +
+  const int64_t cap = static_cast<int64_t>(1.15 * static_cast<double>(b.width) / kSample * static_cast<double>(n)) +
                       kGatherSpan;
   Gather<U> inside(std::min(cap, n));
   std::vector<int64_t> above(static_cast<size_t>(threads)), at_hi(static_cast<size_t>(threads)),
@@ -134,29 +120,14 @@ bool select_by_sample(const Keys& keys, int64_t n, int64_t k, Selection<U>& resu
     count_lo += at_lo[t];
   }
   raise_on_nan<U>(nan_count);
-  if (lo == hi) count_lo = 0;  // one group, counted as the ties at hi
-  // The k-th key is among: count_hi keys == hi, then the gathered ones, then count_lo == lo.
-  int64_t need = k - count_above;
-  if (need < 1) return false;
-  if (need <= count_hi) {
-    result = {hi, count_above, need};
-    return true;
-  }
-  need -= count_hi;
+  // Many gathered keys (low-precision scores, wide brackets) are selected on every thread.
   const int64_t gathered = inside.size();
-  if (need <= gathered) {
-    // Many gathered keys (low-precision scores, wide brackets) are selected on every thread.
-    const CollectedKeys<U> collected{inside.data()};
+  const CollectedKeys<U> collected{inside.data()};
+  return resolve_bracket(b, k, count_above, count_hi, gathered, count_lo, [&](int64_t need) {
     int64_t no_nans = 0;
-    const Selection<U> inner = gathered >= kParallelCollected ? select_parallel(collected, gathered, need)
-                                                              : select_serial(collected, gathered, need, no_nans);
-    result = {inner.threshold, k - inner.need_eq, inner.need_eq};
-    return true;
-  }
-  need -= gathered;
-  if (need > count_lo) return false;
-  result = {lo, k - need, need};
-  return true;
+    return gathered >= kParallelCollected ? select_parallel(collected, gathered, need)
+                                          : select_serial(collected, gathered, need, no_nans);
+  }, result);
 }
 
 // Keys whose fixed prefix after `passes` passes equals `prefix`, gathered in parallel into
